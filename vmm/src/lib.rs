@@ -1,0 +1,10 @@
+//! `vmm`: a KVM virtual machine monitor for reproducible builds.
+//!
+//! It boots guests, freezes them into snapshots and revives them to run one
+//! command each, with the build's inputs and outputs on SMB shares served by
+//! the process itself over an in-process switch.
+//!
+//! Limitations: see each module's own list.
+
+pub mod bus;
+pub mod devices;

@@ -1,0 +1,41 @@
+//! The `vmm` command line.
+//!
+//! Each subcommand lives in `commands/<name>.rs` with its clap arguments and
+//! a `run` function returning the process exit code. Errors reach `main` and
+//! are printed as one line (`vmm: ...`) with exit status 1.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// KVM virtual machine monitor for reproducible builds.
+#[derive(Debug, Parser)]
+#[command(name = "vmm", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result: anyhow::Result<ExitCode> = match cli.command {};
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vmm: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
