@@ -8,3 +8,5 @@
 
 pub mod bus;
 pub mod devices;
+pub mod layout;
+pub mod vm;
