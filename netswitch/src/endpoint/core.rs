@@ -638,3 +638,6 @@ impl EndpointCore {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
