@@ -20,7 +20,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Build or list reproducible FAT12 floppy images.
+    Floppy(commands::floppy::FloppyArgs),
+}
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -30,7 +33,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result: anyhow::Result<ExitCode> = match cli.command {};
+    let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Floppy(args) => commands::floppy::run(args),
+    };
     match result {
         Ok(code) => code,
         Err(e) => {

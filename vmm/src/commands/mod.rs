@@ -1,1 +1,3 @@
 //! One module per `vmm` subcommand.
+
+pub mod floppy;
