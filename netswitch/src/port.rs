@@ -390,6 +390,38 @@ mod tests {
     }
 
     #[test]
+    fn unread_port_neither_blocks_others_nor_grows() {
+        let config = SwitchConfig {
+            queue_frames: 64,
+            ..SwitchConfig::default()
+        };
+        let sw = Switch::new(config).unwrap();
+        let (a, stuck, c) = (sw.add_port(), sw.add_port(), sw.add_port());
+        stuck.send(&frame([0xff; 6], [2, 0, 0, 0, 0, 2], 60));
+        c.send(&frame([0xff; 6], [2, 0, 0, 0, 0, 3], 60));
+        for port in [&a, &stuck, &c] {
+            while port.try_recv().is_some() {}
+        }
+        for _ in 0..100_000 {
+            a.send(&frame([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], 1514));
+        }
+        let (frames, bytes) = stuck.queued();
+        assert_eq!(frames, 64);
+        assert!(bytes <= 64 * 1514);
+        assert_eq!(stuck.counters().tx_dropped_queue_full, 100_000 - 64);
+        let to_c = frame([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 1], 60);
+        a.send(&to_c);
+        assert_eq!(c.try_recv(), Some(to_c));
+    }
+
+    #[test]
+    fn handles_can_move_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Switch>();
+        assert_send_sync::<Port>();
+    }
+
+    #[test]
     fn dropped_port_leaves_the_switch() {
         let sw = Switch::new(SwitchConfig::default()).unwrap();
         let a = sw.add_port();

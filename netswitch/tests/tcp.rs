@@ -231,4 +231,25 @@ mod tests {
         ensure!(read == 0, "expected end-of-file");
         Ok(())
     }
+
+    #[test]
+    fn stream_suits_servers_and_ssh_clients() {
+        fn assert_stream<T: AsyncReadExt + AsyncWriteExt + Unpin + Send + Sync + 'static>() {}
+        assert_stream::<TcpStream>();
+    }
+
+    #[test]
+    fn endpoint_runs_on_a_runtime_from_a_plain_thread() -> Result<()> {
+        let runtime = tokio::runtime::Runtime::new()?;
+        let switch = Switch::new(SwitchConfig::default())?;
+        let host = HostEndpoint::spawn_on(runtime.handle(), switch.add_port(), config(HOST, 8192))?;
+        let guest =
+            HostEndpoint::spawn_on(runtime.handle(), switch.add_port(), config(GUEST, 8192))?;
+        let listener = host.listen(22)?;
+        runtime.block_on(async {
+            let _client = guest.connect(HOST, 22).await?;
+            let _server = listener.accept().await?;
+            Ok(())
+        })
+    }
 }

@@ -108,8 +108,18 @@ fn fresh_seed() -> u64 {
 
 impl HostEndpoint {
     /// Starts an endpoint on `port`. Must be called inside a tokio runtime
-    /// (with the time driver enabled).
+    /// (with the time driver enabled); see [`HostEndpoint::spawn_on`].
     pub fn spawn(port: Port, config: EndpointConfig) -> Result<Self, EndpointError> {
+        Self::spawn_on(&tokio::runtime::Handle::current(), port, config)
+    }
+
+    /// Starts an endpoint on `port`, its task running on `runtime` (which
+    /// needs the time driver). Callable from any thread.
+    pub fn spawn_on(
+        runtime: &tokio::runtime::Handle,
+        port: Port,
+        config: EndpointConfig,
+    ) -> Result<Self, EndpointError> {
         if config.mtu > port.switch().config().mtu {
             return Err(EndpointError::Config("endpoint MTU exceeds the switch's"));
         }
@@ -125,7 +135,7 @@ impl HostEndpoint {
         let frames = Arc::new(Notify::new());
         let notify = frames.clone();
         port.set_notifier(move || notify.notify_one());
-        let task = tokio::spawn(run(shared.clone(), port, frames));
+        let task = runtime.spawn(run(shared.clone(), port, frames));
         Ok(Self {
             shared,
             task,
