@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Build or list reproducible FAT12 floppy images.
     Floppy(commands::floppy::FloppyArgs),
+    /// Run the built-in SMB2/3 server on a TCP port.
+    Smbd(commands::smbd::SmbdArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
         Command::Floppy(args) => commands::floppy::run(args),
+        Command::Smbd(args) => commands::smbd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,3 +1,4 @@
 //! One module per `vmm` subcommand.
 
 pub mod floppy;
+pub mod smbd;
