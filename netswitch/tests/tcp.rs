@@ -252,4 +252,39 @@ mod tests {
             Ok(())
         })
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restarted_endpoint_resets_old_connections_at_once() -> Result<()> {
+        // As after a revive: the guest keeps a connection that the new host
+        // endpoint never saw. Its next segment must be reset, not hang.
+        let switch = Switch::new(SwitchConfig::default())?;
+        let guest = HostEndpoint::spawn(switch.add_port(), config(GUEST, 8192))?;
+        let old_host = HostEndpoint::spawn(switch.add_port(), config(HOST, 8192))?;
+        let listener = old_host.listen(445)?;
+        let mut client = guest.connect(HOST, 445).await?;
+        let _server = listener.accept().await?;
+        drop(listener);
+        drop(old_host);
+
+        let new_host = HostEndpoint::spawn(switch.add_port(), config(HOST, 8192))?;
+        let _new_listener = new_host.listen(445)?;
+        let started = std::time::Instant::now();
+        client.write_all(b"are you there?").await?;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(2), client.read(&mut buf)).await??;
+        ensure!(read == 0, "expected the connection to end");
+        ensure!(
+            client.state() == netswitch::endpoint::TcpState::Closed,
+            "expected a reset"
+        );
+        ensure!(
+            started.elapsed() < Duration::from_millis(500),
+            "reset took {:?}",
+            started.elapsed()
+        );
+        // And a fresh connection to the new endpoint works right away.
+        let _fresh =
+            tokio::time::timeout(Duration::from_secs(2), guest.connect(HOST, 445)).await??;
+        Ok(())
+    }
 }

@@ -9,7 +9,7 @@
 //! parses them with checked views; this layer bounds every queue, the
 //! number of sockets, and the half-open connections a listener keeps.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use smoltcp::iface::{
@@ -19,8 +19,8 @@ use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, AnySocket};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpCidr, IpEndpoint,
-    IpProtocol, Ipv4Packet, TcpPacket,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
+    EthernetRepr, HardwareAddress, IpCidr, IpEndpoint, IpProtocol, Ipv4Cidr, Ipv4Packet, TcpPacket,
 };
 
 use crate::switch::{MacAddr, ETHERNET_HEADER_LEN, MAX_MTU, MIN_MTU};
@@ -37,6 +37,11 @@ const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
 /// Upper bound on interface polls in one [`EndpointCore::poll`] call.
 const MAX_POLL_ROUNDS: usize = 64;
 const POOL_CAP: usize = 256;
+/// Peers remembered by [`EndpointCore`]'s neighbour priming at most.
+const NEIGHBOURS_CAP: usize = 1024;
+/// Re-prime a neighbour this long after the last time (smoltcp's ARP cache
+/// keeps entries for 60 s).
+const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(30);
 
 /// Settings of a host endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +287,8 @@ pub struct EndpointCore {
     listeners: Vec<Option<Listener>>,
     orphans: Vec<Orphan>,
     next_port: u16,
+    /// Peers whose MAC was handed to smoltcp, and when.
+    neighbours: HashMap<Ipv4Addr, (MacAddr, Instant)>,
 }
 
 impl std::fmt::Debug for EndpointCore {
@@ -331,6 +338,7 @@ impl EndpointCore {
             listeners: Vec::new(),
             orphans: Vec::new(),
             next_port,
+            neighbours: HashMap::new(),
         })
     }
 
@@ -382,6 +390,9 @@ impl EndpointCore {
                 self.device.rx.pop_front();
                 continue;
             }
+            if let Some((ip, mac)) = self.unprimed_sender(front, now) {
+                self.prime_neighbour(ip, mac, now);
+            }
             match self
                 .iface
                 .poll_ingress_single(now, &mut self.device, &mut self.sockets)
@@ -409,6 +420,66 @@ impl EndpointCore {
         self.service_listeners();
         self.reap_orphans(now);
         changed
+    }
+
+    /// The IPv4 sender of `frame` if it is a peer on our subnet whose MAC
+    /// smoltcp may not know (new, changed, or not refreshed lately).
+    fn unprimed_sender(&self, frame: &[u8], now: Instant) -> Option<(Ipv4Addr, MacAddr)> {
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        if eth.ethertype() != EthernetProtocol::Ipv4 || eth.dst_addr().0 != self.config.mac() {
+            return None;
+        }
+        let src_mac = eth.src_addr();
+        let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+        let src = ip.src_addr();
+        let subnet = Ipv4Cidr::new(self.config.address, self.config.prefix_len);
+        let usable = src_mac.is_unicast() && src != self.config.address && !src.is_broadcast();
+        if !usable || !subnet.contains_addr(&src) || src == subnet.broadcast()? {
+            return None;
+        }
+        match self.neighbours.get(&src) {
+            Some(&(mac, at)) if mac == src_mac.0 && now < at + NEIGHBOUR_REFRESH => None,
+            _ => Some((src, src_mac.0)),
+        }
+    }
+
+    /// Tells smoltcp a peer's MAC by feeding it that peer's ARP request
+    /// (its reply is discarded). Without this, smoltcp answers the first
+    /// IP packet of a peer it has no ARP entry for (a guest revived with
+    /// our MAC still cached) with an ARP request and drops its own answer:
+    /// the first ping is lost and a stale connection's RST comes only
+    /// after the guest retransmits.
+    fn prime_neighbour(&mut self, ip: Ipv4Addr, mac: MacAddr, now: Instant) {
+        if self.neighbours.len() >= NEIGHBOURS_CAP {
+            self.neighbours.clear();
+        }
+        self.neighbours.insert(ip, (mac, now));
+        let arp = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: EthernetAddress(mac),
+            source_protocol_addr: ip,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: self.config.address,
+        };
+        let mut frame = vec![0u8; ETHERNET_HEADER_LEN + arp.buffer_len()];
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress(mac),
+            dst_addr: EthernetAddress(self.config.mac()),
+            ethertype: EthernetProtocol::Arp,
+        };
+        eth.emit(&mut EthernetFrame::new_unchecked(&mut frame));
+        arp.emit(&mut ArpPacket::new_unchecked(
+            &mut frame[ETHERNET_HEADER_LEN..],
+        ));
+        let queued = self.device.tx.len();
+        self.device.rx.push_front(frame);
+        self.iface
+            .poll_ingress_single(now, &mut self.device, &mut self.sockets);
+        if self.device.tx.len() > queued {
+            if let Some(reply) = self.device.tx.pop_back() {
+                self.recycle(reply);
+            }
+        }
     }
 
     /// How long the caller may wait before the next [`EndpointCore::poll`]

@@ -26,6 +26,8 @@ use tokio::sync::Notify;
 pub use self::core::{EndpointConfig, EndpointCore, EndpointError, ListenerId};
 use crate::port::Port;
 use crate::switch::MacAddr;
+/// TCP connection states, as returned by [`TcpStream::state`].
+pub use smoltcp::socket::tcp::State as TcpState;
 
 /// Longest single connection attempt inside [`HostEndpoint::wait_for_port`].
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -452,3 +452,25 @@ fn orphan_that_never_closes_is_reset_after_the_linger_time() {
     }
     assert_eq!(link.b.socket_count(), before - 1);
 }
+
+#[test]
+fn first_ping_from_a_peer_never_arped_is_answered_at_once() {
+    // A revived guest still has our MAC cached and does not ARP; the new
+    // endpoint must answer its first ping anyway (PITFALLS Switch 1).
+    let mut core = core();
+    let out = exchange(&mut core, Instant::ZERO, echo_request(b"first"));
+    assert_eq!(out.len(), 1, "expected only the echo reply");
+    let ip = Ipv4Packet::new_checked(&out[0][ETHERNET_HEADER_LEN..]).unwrap();
+    assert_eq!(ip.next_header(), IpProtocol::Icmp);
+    assert_eq!(&out[0][0..6], &GUEST_MAC);
+}
+
+#[test]
+fn stale_segment_from_a_peer_never_arped_is_reset_at_once() {
+    let mut core = core();
+    core.listen(445).unwrap();
+    let stale = tcp_segment(445, TcpControl::Psh, 1000, Some(5000));
+    let out = exchange(&mut core, Instant::ZERO, stale);
+    assert_eq!(out.len(), 1);
+    assert_eq!(parse_tcp(&out[0]).control, TcpControl::Rst);
+}
