@@ -8,5 +8,6 @@
 
 pub mod bus;
 pub mod devices;
+pub mod guest;
 pub mod layout;
 pub mod vm;

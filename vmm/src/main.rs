@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build the Linux test guest kit.
+    Guest(commands::guest::GuestArgs),
     /// Build or list reproducible FAT12 floppy images.
     Floppy(commands::floppy::FloppyArgs),
     /// Run the built-in SMB2/3 server on a TCP port.
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Guest(args) => commands::guest::run(args),
         Command::Floppy(args) => commands::floppy::run(args),
         Command::Smbd(args) => commands::smbd::run(args),
     };

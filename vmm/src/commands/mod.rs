@@ -2,3 +2,4 @@
 
 pub mod floppy;
 pub mod smbd;
+pub mod guest;
