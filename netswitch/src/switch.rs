@@ -699,6 +699,56 @@ mod tests {
     }
 
     #[test]
+    fn every_counter_is_incremented_by_some_path() {
+        let config = SwitchConfig {
+            queue_frames: 1,
+            max_macs: 2,
+            mac_ageing: Duration::from_secs(1),
+            ..SwitchConfig::default()
+        };
+        let (mut sw, p) = switch_with_ports(config, 2);
+        let t = Instant::now();
+        sw.input(t, p[0], &frame(BCAST, mac(1), 60)); // rx, tx, flooded
+        sw.input(t, p[0], &frame(BCAST, mac(1), 60)); // tx_dropped_queue_full
+        sw.input(t, p[0], &frame(mac(1), mac(2), 60)); // filtered
+        sw.input(t, p[0], &frame(BCAST, mac(3), 60)); // learn_table_full
+        sw.input(t, p[0], &[0; 10]); // runt
+        sw.input(t, p[0], &vec![0; 1515]); // oversize
+        sw.expire(t + Duration::from_secs(5)); // aged_out
+        let PortCounters {
+            rx_frames,
+            rx_bytes,
+            tx_frames: _,
+            tx_bytes: _,
+            rx_dropped_oversize,
+            rx_dropped_runt,
+            tx_dropped_queue_full: _,
+        } = sw.port_counters(p[0]).unwrap();
+        let to = sw.port_counters(p[1]).unwrap();
+        let SwitchCounters {
+            flooded,
+            filtered,
+            learn_table_full,
+            aged_out,
+        } = sw.counters();
+        for (name, value) in [
+            ("rx_frames", rx_frames),
+            ("rx_bytes", rx_bytes),
+            ("tx_frames", to.tx_frames),
+            ("tx_bytes", to.tx_bytes),
+            ("rx_dropped_oversize", rx_dropped_oversize),
+            ("rx_dropped_runt", rx_dropped_runt),
+            ("tx_dropped_queue_full", to.tx_dropped_queue_full),
+            ("flooded", flooded),
+            ("filtered", filtered),
+            ("learn_table_full", learn_table_full),
+            ("aged_out", aged_out),
+        ] {
+            assert!(value > 0, "counter {name} never incremented");
+        }
+    }
+
+    #[test]
     fn bad_config_is_refused() {
         let bad_mtu = SwitchConfig {
             mtu: 10,

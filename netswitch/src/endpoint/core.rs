@@ -147,6 +147,23 @@ pub enum EndpointError {
     Shutdown,
 }
 
+/// Counters of one host endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointCounters {
+    /// Frames taken from the switch.
+    pub rx_frames: u64,
+    /// Frames the endpoint sent.
+    pub tx_frames: u64,
+    /// Frames refused because the receive queue was full.
+    pub rx_dropped_queue_full: u64,
+    /// SYNs dropped because the listener's backlog was full.
+    pub syn_dropped_backlog: u64,
+    /// Peers whose MAC was handed to smoltcp from their IP frames.
+    pub neighbours_primed: u64,
+    /// Released connections reset because they did not close in time.
+    pub orphans_reset: u64,
+}
+
 /// Identifies a listener of one [`EndpointCore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenerId(usize);
@@ -289,6 +306,7 @@ pub struct EndpointCore {
     next_port: u16,
     /// Peers whose MAC was handed to smoltcp, and when.
     neighbours: HashMap<Ipv4Addr, (MacAddr, Instant)>,
+    counters: EndpointCounters,
 }
 
 impl std::fmt::Debug for EndpointCore {
@@ -339,12 +357,21 @@ impl EndpointCore {
             orphans: Vec::new(),
             next_port,
             neighbours: HashMap::new(),
+            counters: EndpointCounters::default(),
         })
     }
 
     /// The endpoint's settings.
     pub fn config(&self) -> &EndpointConfig {
         &self.config
+    }
+
+    /// The endpoint's counters.
+    pub fn counters(&self) -> EndpointCounters {
+        EndpointCounters {
+            tx_frames: self.device.transmitted,
+            ..self.counters
+        }
     }
 
     /// Whether another frame fits in the receive queue.
@@ -356,8 +383,10 @@ impl EndpointCore {
     /// (returns `false`), as a NIC drops with a full ring.
     pub fn receive_frame(&mut self, frame: Vec<u8>) -> bool {
         if !self.can_receive() {
+            self.counters.rx_dropped_queue_full += 1;
             return false;
         }
+        self.counters.rx_frames += 1;
         self.device.rx.push_back(frame);
         true
     }
@@ -388,6 +417,7 @@ impl EndpointCore {
                 // as with a full backlog on any TCP stack.
                 tracing::trace!("SYN dropped: listener backlog full");
                 self.device.rx.pop_front();
+                self.counters.syn_dropped_backlog += 1;
                 continue;
             }
             if let Some((ip, mac)) = self.unprimed_sender(front, now) {
@@ -454,6 +484,7 @@ impl EndpointCore {
             self.neighbours.clear();
         }
         self.neighbours.insert(ip, (mac, now));
+        self.counters.neighbours_primed += 1;
         let arp = ArpRepr::EthernetIpv4 {
             operation: ArpOperation::Request,
             source_hardware_addr: EthernetAddress(mac),
@@ -687,6 +718,7 @@ impl EndpointCore {
 
     fn reap_orphans(&mut self, now: Instant) {
         let sockets = &mut self.sockets;
+        let reset = &mut self.counters.orphans_reset;
         self.orphans.retain_mut(|orphan| {
             let socket = sockets.get_mut::<tcp::Socket>(orphan.handle);
             let done = match orphan.aborted_reaps.as_mut() {
@@ -704,6 +736,7 @@ impl EndpointCore {
                 tracing::debug!("resetting a connection that did not close in time");
                 socket.abort();
                 orphan.aborted_reaps = Some(0);
+                *reset += 1;
             }
             true
         });

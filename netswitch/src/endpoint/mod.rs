@@ -23,7 +23,7 @@ use smoltcp::wire::IpAddress;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-pub use self::core::{EndpointConfig, EndpointCore, EndpointError, ListenerId};
+pub use self::core::{EndpointConfig, EndpointCore, EndpointCounters, EndpointError, ListenerId};
 use crate::port::Port;
 use crate::switch::MacAddr;
 /// TCP connection states, as returned by [`TcpStream::state`].
@@ -153,6 +153,11 @@ impl HostEndpoint {
     /// The endpoint's MAC address.
     pub fn mac(&self) -> MacAddr {
         self.config.mac()
+    }
+
+    /// The endpoint's counters.
+    pub fn counters(&self) -> EndpointCounters {
+        self.shared.lock().counters()
     }
 
     /// Listens on a TCP port of the endpoint's address.

@@ -474,3 +474,54 @@ fn stale_segment_from_a_peer_never_arped_is_reset_at_once() {
     assert_eq!(out.len(), 1);
     assert_eq!(parse_tcp(&out[0]).control, TcpControl::Rst);
 }
+
+#[test]
+fn every_endpoint_counter_is_reachable() {
+    let mut link = Link::new(0, 11);
+    // rx_frames, tx_frames, neighbours_primed: a connection.
+    link.a.listen(80).unwrap();
+    let client = link.b.connect(HOST_IP, 80).unwrap();
+    for _ in 0..100 {
+        link.tick();
+    }
+    // orphans_reset: a released connection the peer never closes.
+    link.b.release(client, link.now);
+    for _ in 0..40 {
+        link.now += Duration::from_secs(1);
+        link.tick();
+    }
+    // rx_dropped_queue_full: more frames than the queue holds.
+    for _ in 0..=RX_QUEUE_CAP {
+        link.a.receive_frame(vec![0; 60]);
+    }
+    // syn_dropped_backlog: a second SYN for a listener with backlog 1.
+    let mut small = core_with(EndpointConfig {
+        backlog: 1,
+        ..EndpointConfig::default()
+    });
+    small.listen(22).unwrap();
+    exchange(
+        &mut small,
+        Instant::ZERO,
+        tcp_segment_from(1, 22, TcpControl::Syn, 1, None),
+    );
+    exchange(
+        &mut small,
+        Instant::ZERO,
+        tcp_segment_from(2, 22, TcpControl::Syn, 1, None),
+    );
+
+    let (a, b) = (link.a.counters(), link.b.counters());
+    let EndpointCounters {
+        rx_frames,
+        tx_frames,
+        rx_dropped_queue_full,
+        syn_dropped_backlog: _,
+        neighbours_primed,
+        orphans_reset,
+    } = a;
+    assert!(rx_frames > 0 && tx_frames > 0 && rx_dropped_queue_full > 0);
+    assert!(neighbours_primed > 0 || b.neighbours_primed > 0);
+    assert!(orphans_reset == 0 && b.orphans_reset == 1);
+    assert_eq!(small.counters().syn_dropped_backlog, 1);
+}
