@@ -156,8 +156,11 @@ pub struct EndpointCounters {
     pub tx_frames: u64,
     /// Frames refused because the receive queue was full.
     pub rx_dropped_queue_full: u64,
-    /// SYNs dropped because the listener's backlog was full.
-    pub syn_dropped_backlog: u64,
+    /// SYNs dropped: the listener's backlog was full, or a duplicate SYN
+    /// of a half-open connection.
+    pub syn_dropped: u64,
+    /// Open connections reset because the peer reopened their 4-tuple.
+    pub connections_replaced: u64,
     /// Peers whose MAC was handed to smoltcp from their IP frames.
     pub neighbours_primed: u64,
     /// Released connections reset because they did not close in time.
@@ -260,39 +263,77 @@ impl phy::Device for QueueDevice {
     }
 }
 
-/// Whether `frame` is a SYN for one of our listeners that has no socket
-/// left in LISTEN (its backlog is full).
-fn syn_beyond_backlog(
+/// What to do with an incoming segment before smoltcp sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum SynScreen {
+    /// Not a SYN needing care: hand it to smoltcp.
+    Pass,
+    /// Drop a SYN silently; the peer retries it.
+    Drop(&'static str),
+    /// A SYN reusing the 4-tuple of a connection we consider open: the peer
+    /// lost that connection (it restarted or was revived), so abort ours
+    /// and let a listener take the SYN.
+    Replace(SocketHandle),
+}
+
+/// smoltcp hands a SYN to the first socket that accepts it, and a LISTEN
+/// socket accepts any SYN for its port: a retransmitted SYN could create a
+/// second half-open connection with the same 4-tuple, and a SYN reusing an
+/// old connection's 4-tuple could land on the old socket. A SYN for a
+/// listener with no LISTEN socket left (backlog full) would be reset
+/// instead of dropped. This screen settles all three before smoltcp runs.
+fn screen_syn(
     frame: &[u8],
     address: Ipv4Addr,
     listeners: &[Option<Listener>],
     sockets: &SocketSet<'static>,
-) -> bool {
+) -> SynScreen {
     let Ok(eth) = EthernetFrame::new_checked(frame) else {
-        return false;
+        return SynScreen::Pass;
     };
     if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return false;
+        return SynScreen::Pass;
     }
     let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
-        return false;
+        return SynScreen::Pass;
     };
     if ip.next_header() != IpProtocol::Tcp || ip.dst_addr() != address {
-        return false;
+        return SynScreen::Pass;
     }
     let Ok(segment) = TcpPacket::new_checked(ip.payload()) else {
-        return false;
+        return SynScreen::Pass;
     };
-    if !segment.syn() || segment.ack() {
-        return false;
+    if !segment.syn() || segment.ack() || segment.rst() {
+        return SynScreen::Pass;
     }
-    listeners.iter().flatten().any(|listener| {
+    let remote = IpEndpoint::new(ip.src_addr().into(), segment.src_port());
+    let same_tuple = sockets.iter().find_map(|(handle, socket)| {
+        let socket = tcp::Socket::downcast(socket)?;
+        let local = socket.local_endpoint()?;
+        (local.port == segment.dst_port() && socket.remote_endpoint() == Some(remote))
+            .then_some((handle, socket.state()))
+    });
+    match same_tuple {
+        Some((_, tcp::State::SynReceived)) => return SynScreen::Drop("duplicate SYN"),
+        Some((_, tcp::State::SynSent | tcp::State::Closed | tcp::State::Listen)) => {
+            return SynScreen::Pass
+        }
+        Some((handle, _)) => return SynScreen::Replace(handle),
+        None => {}
+    }
+    let backlog_full = listeners.iter().flatten().any(|listener| {
         listener.port == segment.dst_port()
             && !listener
                 .waiting
                 .iter()
                 .any(|&h| sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen)
-    })
+    });
+    if backlog_full {
+        // Dropped, not reset: the client retries its SYN later, as with a
+        // full backlog on any TCP stack.
+        return SynScreen::Drop("listener backlog full");
+    }
+    SynScreen::Pass
 }
 
 /// The sans-IO host endpoint. See the module docs.
@@ -412,13 +453,19 @@ impl EndpointCore {
             if self.device.tx.len() >= TX_QUEUE_CAP {
                 break;
             }
-            if syn_beyond_backlog(front, self.config.address, &self.listeners, &self.sockets) {
-                // Dropped, not reset: the client retries its SYN later,
-                // as with a full backlog on any TCP stack.
-                tracing::trace!("SYN dropped: listener backlog full");
-                self.device.rx.pop_front();
-                self.counters.syn_dropped_backlog += 1;
-                continue;
+            match screen_syn(front, self.config.address, &self.listeners, &self.sockets) {
+                SynScreen::Pass => {}
+                SynScreen::Drop(why) => {
+                    tracing::trace!(why, "SYN dropped");
+                    self.device.rx.pop_front();
+                    self.counters.syn_dropped += 1;
+                    continue;
+                }
+                SynScreen::Replace(stale) => {
+                    tracing::debug!("peer reopened a connection it lost; resetting ours");
+                    self.sockets.get_mut::<tcp::Socket>(stale).abort();
+                    self.counters.connections_replaced += 1;
+                }
             }
             if let Some((ip, mac)) = self.unprimed_sender(front, now) {
                 self.prime_neighbour(ip, mac, now);

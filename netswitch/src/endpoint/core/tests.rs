@@ -516,12 +516,67 @@ fn every_endpoint_counter_is_reachable() {
         rx_frames,
         tx_frames,
         rx_dropped_queue_full,
-        syn_dropped_backlog: _,
+        syn_dropped: _,
+        connections_replaced: _,
         neighbours_primed,
         orphans_reset,
     } = a;
     assert!(rx_frames > 0 && tx_frames > 0 && rx_dropped_queue_full > 0);
     assert!(neighbours_primed > 0 || b.neighbours_primed > 0);
     assert!(orphans_reset == 0 && b.orphans_reset == 1);
-    assert_eq!(small.counters().syn_dropped_backlog, 1);
+    assert_eq!(small.counters().syn_dropped, 1);
+}
+
+#[test]
+fn retransmitted_syn_does_not_open_a_second_connection() {
+    let mut core = core();
+    core.listen(22).unwrap();
+    let first = exchange(
+        &mut core,
+        Instant::ZERO,
+        tcp_segment(22, TcpControl::Syn, 100, None),
+    );
+    assert_eq!(parse_tcp(&first[0]).control, TcpControl::Syn);
+    let sockets = core.socket_count();
+    let again = exchange(
+        &mut core,
+        Instant::from_millis(1),
+        tcp_segment(22, TcpControl::Syn, 100, None),
+    );
+    assert!(
+        again.is_empty(),
+        "duplicate SYN must be left to the SYN-ACK timer"
+    );
+    assert_eq!(core.socket_count(), sockets);
+    assert_eq!(core.counters().syn_dropped, 1);
+}
+
+#[test]
+fn syn_reusing_an_open_connections_tuple_replaces_it() {
+    let mut core = core();
+    let listener = core.listen(22).unwrap();
+    let syn_ack = exchange(
+        &mut core,
+        Instant::ZERO,
+        tcp_segment(22, TcpControl::Syn, 100, None),
+    );
+    let isn = parse_tcp(&syn_ack[0]).seq_number;
+    let ack = tcp_segment_from(40000, 22, TcpControl::None, 101, Some(isn.0 + 1));
+    exchange(&mut core, Instant::from_millis(1), ack);
+    let old = core.accept(listener).expect("established");
+    // The peer restarts and reuses the same source port.
+    let out = exchange(
+        &mut core,
+        Instant::from_millis(2),
+        tcp_segment(22, TcpControl::Syn, 9000, None),
+    );
+    let replies: Vec<_> = out.iter().map(|f| parse_tcp(f)).collect();
+    assert!(
+        replies
+            .iter()
+            .any(|r| r.control == TcpControl::Syn && r.ack_number == Some(TcpSeqNumber(9001))),
+        "new SYN must get a SYN-ACK: {replies:?}"
+    );
+    assert_eq!(core.socket(old).state(), tcp::State::Closed);
+    assert_eq!(core.counters().connections_replaced, 1);
 }
