@@ -24,7 +24,16 @@
 //! from empty to non-empty; drain until `try_recv` gives `None` before
 //! sleeping again. With an eventfd the notifier is
 //! `move || { let _ = eventfd.write(1); }` and the device thread polls the
-//! eventfd with its other events (queue kicks). The same with a channel:
+//! eventfd with its other events (queue kicks).
+//!
+//! Frames are plain Ethernet frames (no `virtio_net_hdr`; the device strips
+//! and adds it), at most [`SwitchConfig::max_frame_len`] bytes (1514 for
+//! MTU 1500): longer ones are dropped and counted, so the device must not
+//! offer TSO/GSO/UFO features unless it segments itself, and should tell
+//! the guest the MTU (`VIRTIO_NET_F_MTU`). Offering no checksum offload is
+//! simplest: the host endpoint verifies and fills every checksum. If the
+//! guest has no RX buffers, leave frames in the port's queue; it is bounded
+//! and drops (counted) when full. The same with a channel:
 //!
 //! ```
 //! use std::sync::{mpsc, Arc};
