@@ -2,3 +2,6 @@
 //!
 //! A device's logic reaches the host only through small traits (an
 //! interrupt line, an output sink), so it is tested without `/dev/kvm`.
+
+pub mod pci;
+pub mod virtio;

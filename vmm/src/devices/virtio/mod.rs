@@ -1,0 +1,86 @@
+//! Virtio 1.x devices over the modern PCI transport.
+//!
+//! [`VirtioPci`] is the transport (PCI function, capabilities, common
+//! configuration, notifications, MSI-X); a [`VirtioDevice`] is what sits
+//! behind it (block, net, rng). Devices see their queues only through
+//! [`Queues`], which walks descriptor chains strictly ([`queue`]), so a
+//! hostile driver's chain fails one request or puts the device in the
+//! needs-reset state, and never reaches outside guest memory.
+//!
+//! Limitations:
+//! - Split virtqueues only (no packed rings), no legacy (0.9.5) interface,
+//!   no per-queue reset (`VIRTIO_F_RING_RESET`).
+//! - No snapshot of device state yet.
+
+pub mod blk;
+pub mod net;
+pub mod pci;
+pub mod queue;
+pub mod rng;
+pub mod worker;
+
+pub use pci::{IoEventRegistrar, VirtioPci};
+pub use queue::{Buf, Chain, ChainError, Queues};
+
+use std::os::fd::RawFd;
+
+/// Guest RAM as devices see it.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
+
+/// Device type: network card.
+pub const TYPE_NET: u16 = 1;
+/// Device type: block device.
+pub const TYPE_BLOCK: u16 = 2;
+/// Device type: entropy source.
+pub const TYPE_RNG: u16 = 4;
+
+/// Feature: indirect descriptor tables.
+pub const F_INDIRECT_DESC: u64 = 1 << 28;
+/// Feature: used/avail event index notification suppression.
+pub const F_EVENT_IDX: u64 = 1 << 29;
+/// Feature: virtio 1.x (mandatory for the modern interface).
+pub const F_VERSION_1: u64 = 1 << 32;
+
+/// What sits behind a virtio transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device type ([`TYPE_NET`], ...).
+    fn device_type(&self) -> u16;
+
+    /// Maximum size of each queue (powers of two); their count is the
+    /// number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+
+    /// Device-specific feature bits offered (the transport adds its own).
+    fn features(&self) -> u64;
+
+    /// PCI class code (base, sub, prog-if).
+    fn pci_class(&self) -> [u8; 3];
+
+    /// The guest reads the device-specific configuration at `offset`.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+
+    /// The guest writes the device-specific configuration (ignored by
+    /// default: most fields are read-only).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+
+    /// The driver set DRIVER_OK having accepted `features`.
+    fn activate(&mut self, _features: u64) {}
+
+    /// The driver notified queue `index`: handle what it made available.
+    /// An error puts the device in the needs-reset state.
+    fn process_queue(&mut self, queues: &mut Queues<'_>, index: usize) -> Result<(), ChainError>;
+
+    /// A descriptor the device's worker should also wait on (for example
+    /// a network backend with frames to deliver).
+    fn backend_event(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// [`VirtioDevice::backend_event`] fired, or queues changed: move data.
+    fn process_backend(&mut self, _queues: &mut Queues<'_>) -> Result<(), ChainError> {
+        Ok(())
+    }
+
+    /// The driver reset the device: back to the state before activation.
+    fn reset(&mut self) {}
+}
