@@ -6,8 +6,14 @@
 //!
 //! Limitations: see each module's own list.
 
+pub mod acpi;
+pub mod boot;
 pub mod bus;
+pub mod console;
+pub mod cpuid;
 pub mod devices;
 pub mod guest;
+pub mod kvm;
 pub mod layout;
+pub mod vcpu;
 pub mod vm;

@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Boot a Linux guest and stream its console.
+    Boot(commands::boot::BootArgs),
     /// Build the Linux test guest kit.
     Guest(commands::guest::GuestArgs),
     /// Build or list reproducible FAT12 floppy images.
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Boot(args) => commands::boot::run(args),
         Command::Guest(args) => commands::guest::run(args),
         Command::Floppy(args) => commands::floppy::run(args),
         Command::Smbd(args) => commands::smbd::run(args),

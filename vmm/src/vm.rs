@@ -193,6 +193,26 @@ impl Vm {
     }
 }
 
+impl Vm {
+    /// Bytes of guest RAM the host has backed so far (pages the guest or
+    /// the loader touched).
+    pub fn resident_guest_bytes(&self) -> u64 {
+        let page = 4096u64;
+        let mut total = 0;
+        for region in self.memory.iter() {
+            let len = usize::try_from(region.len()).unwrap_or(0);
+            let mut vec = vec![0u8; len.div_ceil(4096)];
+            // SAFETY: the range is one live mapping owned by `self.memory`,
+            // and `vec` has one byte per page of it, as mincore requires.
+            let rc = unsafe { libc::mincore(region.as_ptr().cast(), len, vec.as_mut_ptr()) };
+            if rc == 0 {
+                total += vec.iter().filter(|b| *b & 1 != 0).count() as u64 * page;
+            }
+        }
+        total
+    }
+}
+
 /// Maps `layout`'s RAM (anonymous, private, lazily backed).
 fn create_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap, VmError> {
     let ranges: Vec<(GuestAddress, usize)> = layout

@@ -1,5 +1,6 @@
 //! One module per `vmm` subcommand.
 
+pub mod boot;
+pub mod guest;
 pub mod floppy;
 pub mod smbd;
-pub mod guest;

@@ -3,5 +3,7 @@
 //! A device's logic reaches the host only through small traits (an
 //! interrupt line, an output sink), so it is tested without `/dev/kvm`.
 
+pub mod legacy;
+
 pub mod pci;
 pub mod virtio;
