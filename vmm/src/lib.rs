@@ -9,6 +9,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod bus;
+pub mod controller;
 pub mod console;
 pub mod cpuid;
 pub mod devices;
