@@ -2,10 +2,12 @@
 //!
 //! Threat model: the image may come from anywhere, so every field is checked
 //! before use. The boot sector is validated by [`BootSector::parse`]; cluster
-//! numbers must lie in the data area; chains are cut at the cluster count,
-//! so a loop in the FAT is an error, not a hang; folders are visited once
+//! numbers must lie in the data area; a chain reaching a cluster twice is
+//! an error, so a loop in the FAT never hangs; folders are visited once
 //! (a folder pointing at an ancestor is refused) and at most [`MAX_DEPTH`]
-//! deep; at most [`MAX_LISTED`] entries are listed. Long names are used only
+//! deep; a folder is read up to FAT's 2 MiB limit and a file up to its size,
+//! so memory stays within the image size; at most [`MAX_LISTED`] entries are
+//! listed. Long names are used only
 //! when their sequence and checksum match the short entry that follows.
 
 use std::collections::BTreeSet;
@@ -23,6 +25,8 @@ use crate::time::DosDateTime;
 pub const MAX_DEPTH: usize = 32;
 /// Most entries listed from one image.
 pub const MAX_LISTED: usize = 65_536;
+/// Most bytes of one folder read (FAT's limit: 65536 entries of 32 bytes).
+const MAX_FOLDER_BYTES: usize = 65_536 * DIR_ENTRY_SIZE;
 
 /// Why an image could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -113,8 +117,8 @@ impl Listing {
             image,
             boot: &self.boot,
         };
-        let mut data = reader.chain_bytes(entry.cluster, path)?;
         let size = usize::try_from(entry.size).unwrap_or(usize::MAX);
+        let mut data = reader.chain_bytes(entry.cluster, path, size)?;
         if size > data.len() {
             return Err(ReadError::Size {
                 path: path.to_owned(),
@@ -170,8 +174,9 @@ struct LongName {
 }
 
 impl Reader<'_> {
-    /// Concatenated bytes of the chain starting at `first`.
-    fn chain_bytes(&self, first: u16, path: &str) -> Result<Vec<u8>, ReadError> {
+    /// Concatenated bytes of the chain starting at `first`, stopping once
+    /// `limit` bytes are read.
+    fn chain_bytes(&self, first: u16, path: &str, limit: usize) -> Result<Vec<u8>, ReadError> {
         let g = &self.boot.geometry;
         let fat_at = usize::from(g.reserved_sectors) * SECTOR_SIZE;
         let fat = &self.image[fat_at..fat_at + usize::from(g.sectors_per_fat) * SECTOR_SIZE];
@@ -181,22 +186,26 @@ impl Reader<'_> {
         if c == 0 {
             return Ok(out);
         }
-        for _ in 0..clusters {
+        let mut visited = vec![false; usize::try_from(clusters).unwrap_or(0) + 2];
+        loop {
+            let index = usize::try_from(c).unwrap_or(usize::MAX);
             if !(2..clusters + 2).contains(&c) {
                 return Err(ReadError::BadCluster {
                     path: path.to_owned(),
                     cluster: c,
                 });
             }
+            if std::mem::replace(&mut visited[index], true) {
+                return Err(ReadError::Loop(path.to_owned()));
+            }
             let at = g.cluster_offset(c);
             out.extend_from_slice(&self.image[at..at + g.cluster_size()]);
             let next = fat::get(fat, c).unwrap_or(0);
-            if next >= fat::END_MIN {
+            if next >= fat::END_MIN || out.len() >= limit {
                 return Ok(out);
             }
             c = u32::from(next);
         }
-        Err(ReadError::Loop(path.to_owned()))
     }
 
     fn folder(
@@ -263,7 +272,7 @@ impl Reader<'_> {
             if cluster == 0 || !walk.seen.insert(cluster) {
                 return Err(ReadError::FolderCycle(sub));
             }
-            let table = self.chain_bytes(cluster, &sub)?;
+            let table = self.chain_bytes(cluster, &sub, MAX_FOLDER_BYTES)?;
             self.folder(&table, &sub, depth + 1, walk)?;
         }
         Ok(())
@@ -355,7 +364,7 @@ mod tests {
             let at = usize::try_from(Format::F1440.geometry().fat_start(n)).unwrap() * 512;
             fat::set(
                 &mut image[at..at + 9 * 512],
-                c + 2,
+                c + 1,
                 u16::try_from(c).unwrap(),
             );
         }
