@@ -102,7 +102,7 @@ impl Default for Limits {
             max_sessions: 16,
             max_trees: 64,
             max_compound: 32,
-            max_credits: 512,
+            max_credits: 8192,
             idle_timeout: Duration::from_secs(600),
             max_connections: 256,
         }

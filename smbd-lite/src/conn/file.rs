@@ -71,6 +71,7 @@ pub(crate) struct Open {
     pub(crate) position: u64,
     pub(crate) mode: u32,
     pub(crate) inode: (u64, u64),
+    pub(crate) share_access: u32,
     pub(crate) locks: Vec<Lock>,
     pub(crate) listing: Option<super::query::Listing>,
 }
@@ -135,7 +136,7 @@ impl Connection {
         }
         let name = utf16_to_string(req.name).map_err(|_| Fail::Status(NtStatus::ObjectNameInvalid))?;
         let mut path = SharePath::parse(&name)?;
-        share.resolve_case(&mut path);
+        share.resolve_case(&mut path, matches!(req.disposition, OPEN | OVERWRITE));
         let share_max = if share.read_only { ACCESS_READ } else { ACCESS_FULL };
         let access = map_generic(req.desired_access, share_max);
         let creates = matches!(req.disposition, SUPERSEDE | CREATE | OVERWRITE | OVERWRITE_IF);
@@ -160,6 +161,13 @@ impl Connection {
             return Err(NtStatus::InvalidParameter.into());
         }
         let (file, action) = if let Ok(meta) = existing {
+            if req.disposition == CREATE {
+                return Err(NtStatus::ObjectNameCollision.into());
+            }
+            {
+                use cap_std::fs::MetadataExt as _;
+                self.check_share_modes((meta.dev(), meta.ino()), access, req.share_access)?;
+            }
             if meta.is_dir() && req.options & OPT_NON_DIRECTORY != 0 {
                 return Err(NtStatus::FileIsADirectory.into());
             }
@@ -205,6 +213,9 @@ impl Connection {
                 return Err(NtStatus::AccessDenied.into());
             }
             let parent_missing = !share.parent_exists(&path);
+            if delete_on_close && req.attributes & ATTR_READONLY != 0 {
+                return Err(NtStatus::CannotDelete.into());
+            }
             let f = if want_dir {
                 share
                     .create_dir(&path)
@@ -241,6 +252,7 @@ impl Connection {
                     position: 0,
                     mode: 0,
                     inode: (meta.dev(), meta.ino()),
+                    share_access: req.share_access,
                     locks: Vec::new(),
                     listing: None,
                 },
@@ -325,6 +337,8 @@ impl Connection {
             return Err(NtStatus::EndOfFile.into());
         }
         body.truncate(16 + got);
+        let end = offset + got as u64;
+        self.open_mut(fid, ctx)?.position = end;
         body[4..8].copy_from_slice(&u32_len(got).to_le_bytes());
         if got == 0 {
             body.push(0);
@@ -356,9 +370,40 @@ impl Connection {
             return Err(NtStatus::FileLockConflict.into());
         }
         open.file.write_all_at(data, offset).map_err(|e| Fail::Status(io_status(&e)))?;
+        self.open_mut(fid, ctx)?.position = end;
         let mut o = Out::with_capacity(17);
         o.u16(17).u16(0).u32(u32_len(data.len())).u32(0).u16(0).u16(0).u8(0);
         Ok(Reply::ok(o.0))
+    }
+
+    /// SHARING_VIOLATION when this open and an existing one of the same
+    /// file do not allow each other's access.
+    fn check_share_modes(&self, inode: (u64, u64), access: u32, share: u32) -> Result<()> {
+        const SHARE_READ: u32 = 1;
+        const SHARE_WRITE: u32 = 2;
+        const SHARE_DELETE: u32 = 4;
+        let needs = |a: u32| {
+            let mut n = 0;
+            if a & (FILE_READ_DATA | 0x20) != 0 {
+                n |= SHARE_READ;
+            }
+            if a & (FILE_WRITE_DATA | FILE_APPEND_DATA) != 0 {
+                n |= SHARE_WRITE;
+            }
+            if a & DELETE != 0 {
+                n |= SHARE_DELETE;
+            }
+            n
+        };
+        let mine = needs(access);
+        let clash = self.opens.values().any(|o| {
+            o.inode == inode && (mine & !o.share_access != 0 || needs(o.access) & !share != 0)
+        });
+        if clash {
+            Err(NtStatus::SharingViolation.into())
+        } else {
+            Ok(())
+        }
     }
 
     /// Whether a range conflicts with locks held by other opens of the same file.

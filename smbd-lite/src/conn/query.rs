@@ -143,7 +143,7 @@ impl Connection {
             3 => {
                 let additional = Buf(msg).u32(crate::wire::HEADER_LEN + 16)?;
                 let mask = if open.share.read_only { ACCESS_READ } else { ACCESS_FULL };
-                (info::security_descriptor(mask, open.is_dir, additional), 20)
+                (info::security_descriptor(mask, open.is_dir, additional), 0)
             }
             _ => return Err(NtStatus::NotSupported.into()),
         };
@@ -250,7 +250,7 @@ impl Connection {
         }
         let mut target = SharePath::parse(&name)?;
         let share = std::sync::Arc::clone(&open.share);
-        share.resolve_case(&mut target);
+        share.resolve_case(&mut target, false);
         if target.is_root() {
             return Err(NtStatus::AccessDenied.into());
         }
@@ -269,6 +269,16 @@ impl Connection {
             return Err(NtStatus::ObjectPathNotFound.into());
         }
         let from = open.path.clone();
+        if open.is_dir {
+            let below = self.opens.values().any(|o| {
+                std::sync::Arc::ptr_eq(&o.share, &share)
+                    && o.path.components().len() > from.components().len()
+                    && o.path.components().starts_with(from.components())
+            });
+            if below {
+                return Err(NtStatus::AccessDenied.into());
+            }
+        }
         share.rename(&from, &target).map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
         // Keep open handles below a renamed directory pointing at it.
         let old = from.components().to_vec();

@@ -278,15 +278,17 @@ pub fn encode_file(class: FileClass, st: &FileStat, open: &OpenInfo<'_>) -> Opti
             o.u32(open.mode).u32(0);
             let name = string_to_utf16(&format!("\\{}", open.name));
             o.u32(u32_len(name.len())).bytes(&name);
-            100
+            104
         }
         FileClass::Stream => {
             if !st.is_dir {
                 let name = string_to_utf16("::$DATA");
                 o.u32(0).u32(u32_len(name.len())).u64(st.size).u64(st.alloc);
                 o.bytes(&name);
+                32
+            } else {
+                0
             }
-            0
         }
         FileClass::Compression => {
             o.u64(st.size).u16(0).u8(0).u8(0).u8(0).zeros(3);
@@ -301,7 +303,13 @@ pub fn encode_file(class: FileClass, st: &FileStat, open: &OpenInfo<'_>) -> Opti
             o.u32(st.attributes).u32(0);
             8
         }
-        FileClass::AlternateName | FileClass::Unknown(_) => return None,
+        FileClass::AlternateName => {
+            let leaf = open.name.rsplit('\\').next().unwrap_or("");
+            let name = string_to_utf16(&leaf.to_uppercase());
+            o.u32(u32_len(name.len())).bytes(&name);
+            8
+        }
+        FileClass::Unknown(_) => return None,
     };
     Some((o.0, fixed))
 }
@@ -340,7 +348,7 @@ pub fn encode_fs(class: u8, space: &FsSpace, read_only: bool, volume_created: u6
             let label = string_to_utf16("share");
             o.u64(volume_created).u32(0x5eed_5eed).u32(u32_len(label.len()));
             o.u8(0).u8(0).bytes(&label);
-            18
+            24
         }
         3 => {
             o.u64(space.total).u64(space.avail).u32(sectors_per_unit).u32(SECTOR);
@@ -357,7 +365,16 @@ pub fn encode_fs(class: u8, space: &FsSpace, read_only: bool, volume_created: u6
                 flags |= 0x8_0000; // FILE_READ_ONLY_VOLUME
             }
             o.u32(flags).u32(255).u32(u32_len(name.len())).bytes(&name);
-            12
+            16
+        }
+        6 => {
+            // FileFsControlInformation: no quotas, no filtering.
+            o.u64(0).u64(0).u64(0).u64(u64::MAX).u64(u64::MAX).u32(0).u32(0);
+            48
+        }
+        8 => {
+            o.zeros(64);
+            64
         }
         7 => {
             o.u64(space.total).u64(space.avail).u64(space.free);
@@ -427,7 +444,7 @@ mod tests {
             name: "",
         };
         let (data, fixed) = encode_file(FileClass::All, &st, &open).unwrap();
-        assert_eq!(fixed, 100);
+        assert_eq!(fixed, 104);
         assert_eq!(data.len(), 100 + 2);
     }
 

@@ -73,8 +73,11 @@ impl Share {
     /// An exact match always wins, so two host names differing in case are
     /// each reachable by their own spelling. A name matching several
     /// entries case-insensitively (and none exactly) is left unchanged.
-    pub fn resolve_case(&self, p: &mut SharePath) {
-        for i in 0..p.components().len() {
+    /// With `leaf` false the last component is taken as spelled (creating
+    /// names must not cost a directory scan each).
+    pub fn resolve_case(&self, p: &mut SharePath, leaf: bool) {
+        let n = p.components().len() - usize::from(!leaf && !p.is_root());
+        for i in 0..n {
             let prefix: std::path::PathBuf = p.components()[..=i].iter().collect();
             if self.root.symlink_metadata(&prefix).is_ok() {
                 continue;
