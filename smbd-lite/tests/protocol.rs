@@ -232,8 +232,9 @@ fn short_query_info_buffer_is_info_length_mismatch_or_overflow() {
     c.tree_connect("store");
     let (_, fid) = c.create("hello.txt", GENERIC_READ, OPEN, 0);
     assert_eq!(c.query_info(&fid, 1, 18, 50).status, 0xC000_0004);
-    let r = c.query_info(&fid, 1, 18, 101);
+    assert_eq!(c.query_info(&fid, 1, 18, 103).status, 0xC000_0004);
+    let r = c.query_info(&fid, 1, 18, 105);
     assert_eq!(r.status, 0x8000_0005);
-    assert_eq!(le32(&r.body, 4), 101);
+    assert_eq!(le32(&r.body, 4), 105);
     assert_eq!(c.query_info(&fid, 1, 200, 1000).status, 0xC000_0003);
 }
