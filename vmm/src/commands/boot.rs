@@ -72,6 +72,10 @@ pub struct BootArgs {
     /// Print timing and memory figures on stderr when the guest stops
     #[arg(long)]
     stats: bool,
+    /// Disk image (repeatable; vda, vdb, ... in order): ro = writes fail,
+    /// cow = writes go to a throwaway overlay, cow=OVERLAY = kept there
+    #[arg(long = "disk", value_name = "PATH[,ro|,cow[=OVERLAY]]")]
+    disks: Vec<vmm::devices::virtio::blk::DiskSpec>,
 }
 
 /// Runs `vmm boot`.
@@ -100,7 +104,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let vm = Vm::new(&kvm, layout)?;
+    let vm = Arc::new(Vm::new(&kvm, layout)?);
+    let _pci = vmm::devices::pci::kvm::PciDevices::for_boot(vm.clone(), &args.disks)?;
     let stop = Arc::new(StopSignal::new());
     let out: Box<dyn Write + Send> = match &args.console {
         Some(path) => Box::new(

@@ -16,6 +16,7 @@
 
 mod bus;
 mod config;
+pub mod kvm;
 pub(crate) mod msix;
 
 pub use bus::{BarAllocator, PciBus, PciError, PciHostBridge};

@@ -36,7 +36,10 @@ const RX: usize = 0;
 const TX: usize = 1;
 const MIN_FRAME: usize = 14;
 
+const F_MTU: u64 = 1 << 3;
 const F_MAC: u64 = 1 << 5;
+/// MTU announced to the guest.
+pub const MTU: u16 = 1500;
 const F_STATUS: u64 = 1 << 16;
 const STATUS_LINK_UP: u16 = 1;
 
@@ -236,7 +239,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        F_MAC | F_STATUS
+        F_MTU | F_MAC | F_STATUS
     }
 
     fn pci_class(&self) -> [u8; 3] {
@@ -244,10 +247,11 @@ impl VirtioDevice for Net {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let mut cfg = [0u8; 10];
+        let mut cfg = [0u8; 12];
         cfg[..6].copy_from_slice(&self.mac);
         cfg[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
         cfg[8..10].copy_from_slice(&1u16.to_le_bytes()); // max_virtqueue_pairs
+        cfg[10..12].copy_from_slice(&MTU.to_le_bytes());
         for (i, b) in data.iter_mut().enumerate() {
             *b = usize::try_from(offset)
                 .ok()
