@@ -203,6 +203,33 @@ mod tests {
         }
     }
 
+    #[derive(Debug, clap::Parser)]
+    struct Root {
+        #[command(subcommand)]
+        action: Action,
+    }
+
+    fn parse(args: &[&str]) -> Result<Action, clap::Error> {
+        use clap::Parser;
+        Root::try_parse_from(std::iter::once("floppy").chain(args.iter().copied()))
+            .map(|r| r.action)
+    }
+
+    #[test]
+    fn size_accepts_only_1440_and_2880() {
+        let size = |a: Action| match a {
+            Action::Build(b) => b.size,
+            Action::Ls { .. } => 0,
+        };
+        assert_eq!(size(parse(&["build", "--out", "x"]).unwrap()), 1440);
+        assert_eq!(
+            size(parse(&["build", "--out", "x", "--size", "2880"]).unwrap()),
+            2880
+        );
+        assert!(parse(&["build", "--out", "x", "--size", "720"]).is_err());
+        assert!(parse(&["build"]).is_err(), "--out is required");
+    }
+
     #[test]
     fn add_splits_at_equals_unless_the_whole_string_exists() {
         assert_eq!(split_add("a/b.txt"), ("a/b.txt".into(), "b.txt".into()));
