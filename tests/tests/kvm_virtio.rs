@@ -213,3 +213,155 @@ fn kvm_virtio_rng_feeds_the_guest_hwrng() {
     );
     assert_eq!(line_with(&console, "bytes="), "bytes=64");
 }
+
+/// One guest assembled through the library: kit kernel and initrd, a
+/// serial console to a file, power-off, and one virtio-net NIC on
+/// `backend`.
+struct LibGuest {
+    stop: std::sync::Arc<vmm::vcpu::StopSignal>,
+    console_path: PathBuf,
+    finished: std::sync::mpsc::Receiver<vmm::vcpu::StopReason>,
+}
+
+impl LibGuest {
+    fn start(
+        mac: [u8; 6],
+        backend: vmm::devices::virtio::net::PairEnd,
+        cmd: &str,
+        console_path: PathBuf,
+    ) -> Self {
+        use std::sync::{Arc, Mutex};
+        use vmm::devices::legacy::{pm::Pm, serial::Serial, SystemControl};
+        use vmm::devices::pci::kvm::PciDevices;
+        use vmm::devices::virtio::net::Net;
+        use vmm::layout::{self, MemoryLayout};
+        use vmm::vcpu::{self, StopSignal, Vcpu, VcpuConfig};
+
+        let kit = vmm::guest::Kit::in_dir(&vmm::guest::default_dir().expect("kit folder"));
+        let kvm = vmm::kvm::open(
+            Path::new(vmm::kvm::DEFAULT_DEVICE),
+            Path::new(vmm::kvm::SYS_MODULE_DIR),
+        )
+        .expect("open KVM");
+        let layout = MemoryLayout::new(256 << 20).expect("layout");
+        let vm = Arc::new(vmm::vm::Vm::new(&kvm, layout).expect("VM"));
+        let mut pci = PciDevices::new(vm.clone()).expect("PCI bus");
+        pci.add_virtio(Box::new(Net::new(mac, Box::new(backend))), "virtio-net")
+            .expect("NIC");
+        let stop = Arc::new(StopSignal::new());
+        let file = std::fs::File::create(&console_path).expect("console file");
+        let console = vmm::console::Console::spawn(Box::new(file), vmm::console::DEFAULT_CAPACITY)
+            .expect("console");
+        let serial = Serial::new(
+            Box::new(vm.irq_line(layout::COM1_GSI).expect("COM1 line")),
+            Box::new(console.writer()),
+        );
+        vm.pio_bus()
+            .insert(
+                Arc::new(Mutex::new(serial)),
+                u64::from(layout::COM1_PORT),
+                8,
+            )
+            .expect("serial");
+        let control: Arc<dyn SystemControl> = stop.clone();
+        vm.pio_bus()
+            .insert(
+                Arc::new(Mutex::new(Pm::new(control))),
+                u64::from(layout::PM1A_EVT_PORT),
+                u64::from(layout::PM_PORTS_LEN),
+            )
+            .expect("PM");
+        let rsdp = vmm::acpi::write_tables(vm.memory(), &layout, 1).expect("ACPI");
+        let cmdline = format!("console=ttyS0 panic=-1 quiet i8042.noaux run=\"{cmd}\"");
+        let entry = vmm::boot::load_linux(
+            vm.memory(),
+            &layout,
+            &vmm::boot::LinuxBoot {
+                kernel: &kit.kernel,
+                initrd: &kit.initrd,
+                cmdline: &cmdline,
+                rsdp,
+            },
+        )
+        .expect("load the kit");
+        // 80 = KVM_MAX_CPUID_ENTRIES.
+        let supported = kvm.get_supported_cpuid(80).expect("CPUID");
+        let cfg = VcpuConfig {
+            supported_cpuid: &supported,
+            count: 1,
+            tsc_deadline: false,
+            entry: Some(entry),
+        };
+        let vcpu = Vcpu::configure(0, vm.create_vcpu(0).expect("vCPU"), &cfg).expect("vCPU setup");
+        vcpu::install_kick_handler().expect("kick handler");
+        let mut threads = Vec::new();
+        threads.push(
+            vcpu.start(vm.pio_bus().clone(), vm.mmio_bus().clone(), stop.clone())
+                .expect("vCPU start"),
+        );
+        let (tx, finished) = std::sync::mpsc::channel();
+        let waiter = stop.clone();
+        std::thread::spawn(move || {
+            let reason = waiter.wait();
+            let _ = vcpu::stop_all(threads);
+            drop(pci);
+            console.finish(Duration::from_secs(2));
+            let _ = tx.send(reason);
+        });
+        Self {
+            stop,
+            console_path,
+            finished,
+        }
+    }
+
+    /// Waits until a console line contains `wanted`; returns it.
+    fn wait_for(&self, wanted: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.console_path).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains(wanted)) {
+                return line.trim().to_owned();
+            }
+            if std::time::Instant::now() >= deadline {
+                self.stop
+                    .stop(vmm::vcpu::StopReason::InternalError("test timeout".into()));
+                panic!("no {wanted:?} in {timeout:?}; console:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the guest and waits for its threads.
+    fn stop(self) {
+        self.stop
+            .stop(vmm::vcpu::StopReason::InternalError("test done".into()));
+        let _ = self.finished.recv_timeout(Duration::from_secs(30));
+    }
+}
+
+#[test]
+fn kvm_virtio_net_two_guests_on_a_direct_pair_ping_each_other() {
+    if !tests::require_kvm() {
+        return;
+    }
+    let s = Scratch::new("net");
+    let (a, b) = vmm::devices::virtio::net::pair().expect("pair");
+    let up = |addr: &str| {
+        format!("ip link set lo up && ip addr add {addr}/24 dev eth0 && ip link set eth0 up")
+    };
+    let pinger = format!(
+        "{} && for i in $(seq 1 120); do ping -c 1 -W 1 10.0.0.2 >/dev/null && break; done; \
+         ping -c 3 -W 2 10.0.0.2 | grep -E -o [0-9]+.packets.received",
+        up("10.0.0.1")
+    );
+    let answerer = format!("{} && echo answerer-up && sleep 3600", up("10.0.0.2"));
+    let g_b = LibGuest::start([2, 0, 0, 0, 0, 0xb], b, &answerer, s.path("b.txt"));
+    let g_a = LibGuest::start([2, 0, 0, 0, 0, 0xa], a, &pinger, s.path("a.txt"));
+    g_b.wait_for("answerer-up", BOOT_TIMEOUT + AFTER_READY);
+    let received = g_a.wait_for("packets received", BOOT_TIMEOUT + AFTER_READY);
+    assert_eq!(received, "3 packets received");
+    g_a.wait_for(&format!("{EXIT_MARKER_PREFIX}0"), AFTER_READY);
+    g_a.stop();
+    g_b.stop();
+}

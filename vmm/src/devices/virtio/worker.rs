@@ -107,3 +107,44 @@ impl Drop for Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::pci::msix::tests::FakeMsi;
+    use crate::devices::pci::PciDevice;
+    use crate::devices::virtio::pci::tests::{bring_up, mem, w16, Echo, FakeIoEvents};
+    use crate::devices::virtio::queue::tests::desc;
+    use crate::devices::virtio::F_VERSION_1;
+    use std::time::{Duration, Instant};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+
+    #[test]
+    fn worker_serves_notifications_from_the_eventfd_and_stops_on_drop() {
+        let m = mem();
+        let fake = FakeMsi::default();
+        let dev =
+            VirtioPci::new(Box::new(Echo::default()), m.clone(), Box::new(fake.clone())).unwrap();
+        let dev = Arc::new(Mutex::new(dev));
+        let vq = MockSplitQueue::create(&m, GuestAddress(0x1_0000), 16);
+        vq.desc_table().store(0, desc(0x8000, 8, 2, 0)).unwrap();
+        vq.avail().ring().ref_at(0).unwrap().store(0);
+        vq.avail().idx().store(1);
+        let rings = [(vq.desc_table_addr().0, vq.avail_addr().0, vq.used_addr().0)];
+        bring_up(&mut dev.lock().unwrap(), F_VERSION_1, &rings);
+        let ioevents = FakeIoEvents::default();
+        let worker = Worker::spawn(dev.clone(), Some(Box::new(ioevents.clone())), "test").unwrap();
+        dev.lock().unwrap().bar_mapped(0, Some(0xc000_0000));
+        assert_eq!(ioevents.0.lock().unwrap()[0], (true, 0xc000_3000));
+        // What KVM would do on a guest write to the notify address.
+        w16(&mut dev.lock().unwrap(), 0x3000, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while vq.used().idx().load() != 1 {
+            assert!(Instant::now() < deadline, "worker did not serve the queue");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(fake.0.lock().unwrap().fired, vec![1]);
+        drop(worker);
+    }
+}
