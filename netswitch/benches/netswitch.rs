@@ -147,7 +147,7 @@ async fn tcp_bench(total: usize, rx_buffer: usize) {
     let config = |address| EndpointConfig {
         address,
         tcp_rx_buffer: rx_buffer,
-        tcp_tx_buffer: rx_buffer,
+        tcp_tx_buffer: rx_buffer.max(256 * 1024),
         ..EndpointConfig::default()
     };
     let host =
@@ -185,7 +185,7 @@ async fn tcp_bench(total: usize, rx_buffer: usize) {
     assert_eq!(received, total);
     println!(
         "{:<44} {:>7.1} MB/s ({:.0} Mbit/s)",
-        format!("TCP endpoint -> endpoint, {} KiB buffers", rx_buffer / 1024),
+        format!("TCP endpoint -> endpoint, {rx_buffer} B receive buffer"),
         total as f64 / elapsed.as_secs_f64() / 1e6,
         total as f64 * 8.0 / elapsed.as_secs_f64() / 1e6
     );
@@ -209,6 +209,6 @@ fn main() {
         .build()
         .unwrap();
     let total = if quick { 64 << 20 } else { 512 << 20 };
-    runtime.block_on(tcp_bench(total, 256 * 1024));
+    runtime.block_on(tcp_bench(total, 65535));
     runtime.block_on(tcp_bench(total / 4, 4 * 1024));
 }

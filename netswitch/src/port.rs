@@ -136,6 +136,11 @@ impl Switch {
         self.lock().core.port_counters(id)
     }
 
+    /// Frames and bytes waiting in a port's queue.
+    pub fn queued(&self, id: PortId) -> (usize, usize) {
+        self.lock().core.queued(id)
+    }
+
     /// Counters of the switch as a whole.
     pub fn counters(&self) -> SwitchCounters {
         self.lock().core.counters()

@@ -90,8 +90,15 @@ async fn echo_server(mut stream: TcpStream) -> Result<()> {
 /// server on another and checks the hash of what comes back.
 async fn echo_round_trip(total: usize, buffer: usize, pause: bool) -> Result<()> {
     let switch = Switch::new(SwitchConfig::default())?;
-    let host = HostEndpoint::spawn(switch.add_port(), config(HOST, buffer))?;
-    let guest = HostEndpoint::spawn(switch.add_port(), config(GUEST, buffer))?;
+    // To debug a failure, capture it: NETSWITCH_TEST_PCAP=/tmp/x.pcap.
+    if let Ok(path) = std::env::var("NETSWITCH_TEST_PCAP") {
+        switch.capture_to(std::path::Path::new(&path))?;
+    }
+    let host_port = switch.add_port();
+    let guest_port = switch.add_port();
+    let ids = (host_port.id(), guest_port.id());
+    let host = HostEndpoint::spawn(host_port, config(HOST, buffer))?;
+    let guest = HostEndpoint::spawn(guest_port, config(GUEST, buffer))?;
     let listener = host.listen(7)?;
     let server = tokio::spawn(async move {
         let stream = listener.accept().await?;
@@ -104,7 +111,18 @@ async fn echo_round_trip(total: usize, buffer: usize, pause: bool) -> Result<()>
         writer.shutdown().await?;
         Ok::<_, anyhow::Error>(hash)
     });
-    let (received, got) = receive_data(&mut reader, pause).await?;
+    let result = receive_data(&mut reader, pause).await;
+    if result.is_err() {
+        eprintln!("switch: {:?}", switch.counters());
+        eprintln!(
+            "ports: {:?}",
+            [switch.port_counters(ids.0), switch.port_counters(ids.1)]
+        );
+        eprintln!("host: {host:?} {:?}", host.counters());
+        eprintln!("guest: {guest:?} {:?}", guest.counters());
+        switch.finish_capture()?;
+    }
+    let (received, got) = result?;
     let sent = sender.await??;
     server.await??;
     ensure!(received == total, "received {received} of {total} bytes");
@@ -118,7 +136,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn echo_of_100_mib_arrives_intact() -> Result<()> {
-        echo_round_trip(100 * MIB, 256 * 1024, false).await
+        echo_round_trip(100 * MIB, 65535, false).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,19 @@ pub const TX_QUEUE_CAP: usize = 256;
 /// How long a socket whose stream was dropped may take to close cleanly
 /// before it is reset.
 pub const ORPHAN_LINGER: Duration = Duration::from_secs(30);
+/// Largest TCP receive buffer. A larger one makes smoltcp 0.12 scale its
+/// window, and then the rounding of the scaled window can move its right
+/// edge back by a few bytes; a peer sending up to the earlier edge (as it
+/// may) makes smoltcp panic on a sequence-number underflow.
+pub const MAX_TCP_RX_BUFFER: usize = 65535;
+/// Interval of keep-alive segments, which double as zero-window probes.
+///
+/// smoltcp sends no zero-window probes, and it ignores the window field of
+/// segments it finds unacceptable: a peer's window update that rides on a
+/// retransmission or on its own window probe is lost, and the peer, having
+/// announced it, sends no other. A keep-alive draws a pure ACK carrying the
+/// peer's current window, so such a stall lasts at most this long.
+pub const KEEP_ALIVE: Duration = Duration::from_millis(250);
 /// Ephemeral ports used by [`EndpointCore::connect`].
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
 /// Upper bound on interface polls in one [`EndpointCore::poll`] call.
@@ -57,7 +70,8 @@ pub struct EndpointConfig {
     pub mac: Option<MacAddr>,
     /// IP MTU; frames are up to this plus 14 bytes, TCP MSS is MTU - 40.
     pub mtu: usize,
-    /// Receive buffer of each TCP socket, in bytes.
+    /// Receive buffer of each TCP socket, in bytes; at most
+    /// [`MAX_TCP_RX_BUFFER`].
     pub tcp_rx_buffer: usize,
     /// Send buffer of each TCP socket, in bytes.
     pub tcp_tx_buffer: usize,
@@ -76,7 +90,7 @@ impl Default for EndpointConfig {
             gateway: None,
             mac: None,
             mtu: 1500,
-            tcp_rx_buffer: 256 * 1024,
+            tcp_rx_buffer: MAX_TCP_RX_BUFFER,
             tcp_tx_buffer: 256 * 1024,
             backlog: 8,
             max_sockets: 256,
@@ -110,6 +124,9 @@ impl EndpointConfig {
         }
         if self.tcp_rx_buffer < 1024 || self.tcp_tx_buffer < 1024 {
             return bad("TCP buffers must be at least 1024 bytes");
+        }
+        if self.tcp_rx_buffer > MAX_TCP_RX_BUFFER {
+            return bad("TCP receive buffer must be at most 65535 bytes");
         }
         if self.backlog == 0 || self.max_sockets == 0 {
             return bad("backlog and socket limit must be at least 1");
@@ -165,6 +182,8 @@ pub struct EndpointCounters {
     pub neighbours_primed: u64,
     /// Released connections reset because they did not close in time.
     pub orphans_reset: u64,
+    /// Panics of the TCP/IP stack caught (every connection was reset).
+    pub panics_recovered: u64,
 }
 
 /// Identifies a listener of one [`EndpointCore`].
@@ -352,8 +371,24 @@ pub struct EndpointCore {
 
 impl std::fmt::Debug for EndpointCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sockets: Vec<String> = self
+            .sockets
+            .iter()
+            .filter_map(|(_, s)| tcp::Socket::downcast(s))
+            .map(|s| {
+                format!(
+                    "{} {:?} -> {:?}, send queue {}, receive queue {}",
+                    s.state(),
+                    s.local_endpoint(),
+                    s.remote_endpoint(),
+                    s.send_queue(),
+                    s.recv_queue()
+                )
+            })
+            .collect();
         f.debug_struct("EndpointCore")
             .field("config", &self.config)
+            .field("sockets", &sockets)
             .field("listeners", &self.listeners)
             .field("orphans", &self.orphans.len())
             .finish_non_exhaustive()
@@ -420,6 +455,11 @@ impl EndpointCore {
         self.device.rx.len() < RX_QUEUE_CAP
     }
 
+    /// Whether received frames still wait for [`EndpointCore::poll`].
+    pub fn has_pending_input(&self) -> bool {
+        !self.device.rx.is_empty()
+    }
+
     /// Queues a frame from the switch. A frame that does not fit is dropped
     /// (returns `false`), as a NIC drops with a full ring.
     pub fn receive_frame(&mut self, frame: Vec<u8>) -> bool {
@@ -447,7 +487,29 @@ impl EndpointCore {
 
     /// Processes queued frames and timers and produces outgoing frames.
     /// Returns whether any socket may have changed state.
+    ///
+    /// smoltcp 0.12 has panicking paths a peer can reach (sequence-number
+    /// arithmetic on unexpected segments). A panic is caught here: every
+    /// connection is reset (their streams see the end), listeners and the
+    /// endpoint keep working, and `panics_recovered` counts it.
     pub fn poll(&mut self, now: Instant) -> bool {
+        let attempt =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.poll_inner(now)));
+        attempt.unwrap_or_else(|_| {
+            tracing::error!("TCP/IP stack panicked; resetting every connection");
+            self.counters.panics_recovered += 1;
+            self.device.rx.clear();
+            for (_, socket) in self.sockets.iter_mut() {
+                match tcp::Socket::downcast_mut(socket) {
+                    Some(tcp) if tcp.state() != tcp::State::Listen => tcp.abort(),
+                    _ => {}
+                }
+            }
+            true
+        })
+    }
+
+    fn poll_inner(&mut self, now: Instant) -> bool {
         let mut changed = false;
         while let Some(front) = self.device.rx.front() {
             if self.device.tx.len() >= TX_QUEUE_CAP {
@@ -688,6 +750,8 @@ impl EndpointCore {
         // Like TCP_NODELAY: request/response protocols (SMB, SSH) must not
         // wait for Nagle plus the peer's delayed ACK.
         socket.set_nagle_enabled(false);
+        // Probes a peer's zero window; see KEEP_ALIVE.
+        socket.set_keep_alive(Some(KEEP_ALIVE));
         Ok(self.sockets.add(socket))
     }
 

@@ -60,6 +60,7 @@ impl Shared {
     fn step(&self, port: &Port) -> Option<Duration> {
         let now = self.now();
         let mut core = self.lock();
+        let mut backlog = true;
         for _ in 0..MAX_BATCHES {
             while core.can_receive() {
                 let Some(frame) = port.try_recv() else { break };
@@ -70,9 +71,15 @@ impl Shared {
                 port.send(&frame);
                 core.recycle(frame);
             }
-            if port.peek_len().is_none() {
+            backlog = core.has_pending_input() || port.peek_len().is_some();
+            if !backlog {
                 break;
             }
+        }
+        if backlog {
+            // Frames are left over: the port will not notify again (it only
+            // does on empty to non-empty), so come back at once.
+            return Some(Duration::ZERO);
         }
         core.poll_delay(now).map(Duration::from)
     }
@@ -89,8 +96,8 @@ pub struct HostEndpoint {
 impl std::fmt::Debug for HostEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostEndpoint")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
+            .field("core", &*self.shared.lock())
+            .finish()
     }
 }
 

@@ -323,12 +323,21 @@ struct Link {
 
 impl Link {
     fn new(loss_percent: u64, seed: u64) -> Self {
-        let b_config = EndpointConfig {
-            address: GUEST_IP,
+        Self::with_buffers(loss_percent, seed, EndpointConfig::default().tcp_rx_buffer)
+    }
+
+    fn with_buffers(loss_percent: u64, seed: u64, buffer: usize) -> Self {
+        let a_config = EndpointConfig {
+            tcp_rx_buffer: buffer,
+            tcp_tx_buffer: buffer,
             ..EndpointConfig::default()
         };
+        let b_config = EndpointConfig {
+            address: GUEST_IP,
+            ..a_config.clone()
+        };
         Self {
-            a: EndpointCore::new(EndpointConfig::default(), Instant::ZERO, seed).unwrap(),
+            a: EndpointCore::new(a_config, Instant::ZERO, seed).unwrap(),
             b: EndpointCore::new(b_config, Instant::ZERO, seed + 1).unwrap(),
             now: Instant::ZERO,
             rng: seed | 1,
@@ -361,9 +370,9 @@ impl Link {
     }
 }
 
-#[test]
-fn transfer_survives_seeded_loss_under_a_simulated_clock() {
-    let mut link = Link::new(5, 7);
+/// Sends 512 KiB from b to a over `link`, a reading every `read_every`
+/// ticks; returns the simulated time taken.
+fn lossy_transfer(mut link: Link, read_every: u32) -> Duration {
     let listener = link.a.listen(9000).unwrap();
     let client = link.b.connect(HOST_IP, 9000).unwrap();
     let data: Vec<u8> = (0..512 * 1024u32)
@@ -371,7 +380,7 @@ fn transfer_survives_seeded_loss_under_a_simulated_clock() {
         .collect();
     let (mut sent, mut received) = (0, Vec::new());
     let mut server = None;
-    for _ in 0..600_000 {
+    for tick in 0..600_000u32 {
         link.tick();
         if server.is_none() {
             server = link.a.accept(listener);
@@ -380,7 +389,7 @@ fn transfer_survives_seeded_loss_under_a_simulated_clock() {
         if socket.can_send() && sent < data.len() {
             sent += socket.send_slice(&data[sent..]).unwrap();
         }
-        if let Some(handle) = server {
+        if let Some(handle) = server.filter(|_| tick % read_every == 0) {
             let socket = link.a.socket(handle);
             while socket.can_recv() {
                 socket
@@ -402,6 +411,25 @@ fn transfer_survives_seeded_loss_under_a_simulated_clock() {
         link.now
     );
     assert!(received == data, "data corrupted");
+    link.now - Instant::ZERO
+}
+
+#[test]
+fn transfer_survives_seeded_loss_under_a_simulated_clock() {
+    lossy_transfer(Link::new(5, 7), 1);
+}
+
+#[test]
+fn lost_window_update_after_zero_window_does_not_stall_the_sender() {
+    // 4 KiB windows that a slow reader closes to zero, and 5 % loss that
+    // sooner or later eats the ACK reopening one (PITFALLS Switch 2):
+    // the sender must probe rather than wait forever.
+    for seed in [3, 17, 40] {
+        let took = lossy_transfer(Link::with_buffers(5, seed, 4096), 20);
+        // About 12 s with probes (2.6 s would be loss-free); without them
+        // the transfer never finishes.
+        assert!(took < Duration::from_secs(60), "seed {seed}: took {took}");
+    }
 }
 
 #[test]
@@ -520,6 +548,7 @@ fn every_endpoint_counter_is_reachable() {
         connections_replaced: _,
         neighbours_primed,
         orphans_reset,
+        panics_recovered: _,
     } = a;
     assert!(rx_frames > 0 && tx_frames > 0 && rx_dropped_queue_full > 0);
     assert!(neighbours_primed > 0 || b.neighbours_primed > 0);
@@ -579,4 +608,85 @@ fn syn_reusing_an_open_connections_tuple_replaces_it() {
     );
     assert_eq!(core.socket(old).state(), tcp::State::Closed);
     assert_eq!(core.counters().connections_replaced, 1);
+}
+
+/// A data segment from the guest on the 40000 -> 22 connection.
+fn data_segment(seq: i32, ack: i32, payload: &[u8]) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port: 40000,
+        dst_port: 22,
+        control: TcpControl::None,
+        seq_number: TcpSeqNumber(seq),
+        ack_number: Some(TcpSeqNumber(ack)),
+        window_len: 64000,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    let mut frame = ipv4_frame(IpProtocol::Tcp, repr.buffer_len());
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut frame[ETHERNET_HEADER_LEN + 20..]),
+        &GUEST_IP.into(),
+        &HOST_IP.into(),
+        &ChecksumCapabilities::default(),
+    );
+    frame
+}
+
+#[test]
+fn peer_overrunning_the_advertised_window_cannot_crash_the_endpoint() {
+    // smoltcp 0.12 panics (sequence-number underflow) when data arrives
+    // past the window edge it last advertised but inside its buffer (the
+    // app read since that ACK) and no ACK is due yet: a guest can do that
+    // on purpose. The endpoint must survive it.
+    let mut core = core();
+    let listener = core.listen(22).unwrap();
+    let syn_ack = exchange(
+        &mut core,
+        Instant::ZERO,
+        tcp_segment(22, TcpControl::Syn, 99, None),
+    );
+    let isn = parse_tcp(&syn_ack[0]).seq_number.0;
+    let ack = exchange(&mut core, Instant::ZERO, data_segment(100, isn + 1, &[]));
+    assert!(ack.is_empty());
+    let handle = core.accept(listener).expect("established");
+    // Fill the buffer to 50 bytes short of full; the ACK advertises 50.
+    let mut seq = 100;
+    let fill_end = 100 + 65535 - 50;
+    while seq < fill_end {
+        let len = 1460.min(fill_end - seq);
+        let payload = vec![7; usize::try_from(len).unwrap()];
+        assert!(core.receive_frame(data_segment(seq, isn + 1, &payload)));
+        seq += len;
+    }
+    core.poll(Instant::from_millis(1));
+    core.poll(Instant::from_millis(50));
+    let advertised: Vec<_> = std::iter::from_fn(|| core.transmit_frame())
+        .map(|f| parse_tcp(&f).window_len)
+        .collect();
+    assert_eq!(advertised.last(), Some(&50));
+    // The app reads 1000 bytes (no ACK yet), then 100 bytes arrive: 50 past
+    // the advertised edge.
+    let mut sink = [0u8; 1000];
+    assert_eq!(core.socket(handle).recv_slice(&mut sink), Ok(1000));
+    assert!(core.receive_frame(data_segment(seq, isn + 1, &[8; 100])));
+    core.poll(Instant::from_millis(51));
+    while core.transmit_frame().is_some() {}
+    assert_eq!(
+        core.counters().panics_recovered,
+        1,
+        "smoltcp no longer panics here?"
+    );
+    assert_eq!(
+        core.socket(handle).state(),
+        tcp::State::Closed,
+        "connection reset"
+    );
+    // The endpoint still works: a new connection is answered.
+    let syn = tcp_segment_from(40001, 22, TcpControl::Syn, 5000, None);
+    let out = exchange(&mut core, Instant::from_millis(70), syn);
+    assert!(out.iter().any(|f| parse_tcp(f).control == TcpControl::Syn));
 }
