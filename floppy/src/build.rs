@@ -462,7 +462,11 @@ impl<'a> Plan<'a> {
         })?;
         let mut out = Vec::with_capacity(stored.len());
         for ((given, node), stored) in folder.entries.values().zip(stored) {
-            let child_path = format!("{path}/{given}");
+            let child_path = if path.is_empty() {
+                given.clone()
+            } else {
+                format!("{path}/{given}")
+            };
             let entry = match node {
                 Node::File(content) => {
                     let (first, clusters) = self.take(content.len());
