@@ -28,10 +28,30 @@ fn frame(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
     f
 }
 
-fn report(what: &str, frames: u64, bytes: u64, elapsed: Duration) {
+/// CPU time this thread has run (Linux `schedstat`), so figures stay
+/// meaningful on a shared, loaded machine.
+fn thread_cpu_time() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map_or(Duration::ZERO, Duration::from_nanos)
+}
+
+/// Prints a rate per wall-clock second and, when `cpu` is known, per
+/// second of CPU time of the measuring thread (the "one core" figure).
+fn report(what: &str, frames: u64, bytes: u64, elapsed: Duration, cpu: Option<Duration>) {
     let secs = elapsed.as_secs_f64();
+    let per_cpu = cpu
+        .filter(|c| !c.is_zero())
+        .map(|c| {
+            format!(
+                ", {:.2} Mframes per CPU-s",
+                frames as f64 / c.as_secs_f64() / 1e6
+            )
+        })
+        .unwrap_or_default();
     println!(
-        "{what:<44} {:>7.2} Mframes/s {:>8.1} MB/s",
+        "{what:<44} {:>7.2} Mframes/s {:>8.1} MB/s{per_cpu}",
         frames as f64 / secs / 1e6,
         bytes as f64 / secs / 1e6
     );
@@ -52,6 +72,7 @@ fn core_bench(len: usize, frames: u64) {
     }
     let f = frame(B, A, len);
     let start = Instant::now();
+    let cpu_start = thread_cpu_time();
     for i in 0..frames {
         if i % 1024 == 0 {
             now = Instant::now();
@@ -61,11 +82,14 @@ fn core_bench(len: usize, frames: u64) {
         black_box(&out);
         core.recycle(out);
     }
+    let cpu = thread_cpu_time() - cpu_start;
+    let bytes = frames * len as u64;
     report(
         &format!("core, {len} B frames"),
         frames,
-        frames * len as u64,
+        bytes,
         start.elapsed(),
+        Some(cpu),
     );
 }
 
@@ -78,17 +102,21 @@ fn port_bench(len: usize, frames: u64) {
     while b.try_recv().is_some() {}
     let f = frame(B, A, len);
     let start = Instant::now();
+    let cpu_start = thread_cpu_time();
     for _ in 0..frames {
         black_box(a.send(black_box(&f)));
         let out = b.try_recv().unwrap();
         black_box(&out);
         b.recycle(out);
     }
+    let cpu = thread_cpu_time() - cpu_start;
+    let bytes = frames * len as u64;
     report(
         &format!("Port handles, {len} B frames"),
         frames,
-        frames * len as u64,
+        bytes,
         start.elapsed(),
+        Some(cpu),
     );
 }
 
@@ -133,12 +161,8 @@ fn threads_bench(len: usize, frames: u64) {
     }
     let got = receiver.join().unwrap();
     let elapsed = start.elapsed();
-    report(
-        &format!("sender thread -> woken receiver, {len} B"),
-        got,
-        got * len as u64,
-        elapsed,
-    );
+    let what = format!("sender thread -> woken receiver, {len} B");
+    report(&what, got, got * len as u64, elapsed, None);
     println!("{:<44} dropped {}", "", b.counters().tx_dropped_queue_full);
 }
 

@@ -111,6 +111,13 @@
 //! - A reset connection reads as end-of-file, like an orderly close; use
 //!   [`endpoint::TcpStream::state`] to tell them apart.
 //! - Streams work only while their [`endpoint::HostEndpoint`] lives.
+//! - smoltcp 0.12 quirks, contained rather than fixed: it ignores the window
+//!   of segments it finds unacceptable and sends no zero-window probes, so a
+//!   peer's reopened window can go unnoticed until the next keep-alive
+//!   (every 250 ms, [`endpoint::core::KEEP_ALIVE`]); window scaling can make
+//!   it panic, so receive buffers are capped at 65535 bytes (no scaling;
+//!   about 64 KiB in flight per connection); any panic in it resets every
+//!   connection of that endpoint (counted), listeners keep working.
 //! - The capture file is renamed into place only when capture is finished
 //!   or the switch is dropped; a killed process leaves `NAME.partial`.
 #![forbid(unsafe_code)]
