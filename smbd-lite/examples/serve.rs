@@ -13,13 +13,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let mut args = std::env::args().skip(1);
-    let listen = args.next().ok_or("usage: serve ADDR:PORT NAME=PATH[,ro]...")?;
+    let listen = args
+        .next()
+        .ok_or("usage: serve ADDR:PORT NAME=PATH[,ro]...")?;
     let mut config = Config::default();
     while let Some(a) = args.next() {
         if a == "--user" {
             let u = args.next().ok_or("--user needs NAME:PASSWORD")?;
             let (name, password) = u.split_once(':').ok_or("--user needs NAME:PASSWORD")?;
-            config.user = Some(User { name: name.into(), password: password.into() });
+            config.user = Some(User {
+                name: name.into(),
+                password: password.into(),
+            });
             continue;
         }
         let (name, path) = a.split_once('=').ok_or("share must be NAME=PATH[,ro]")?;
@@ -27,10 +32,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Some(p) => (p, true),
             None => (path, false),
         };
-        config.shares.push(ShareConfig { name: name.into(), path: PathBuf::from(path), read_only: ro });
+        config.shares.push(ShareConfig {
+            name: name.into(),
+            path: PathBuf::from(path),
+            read_only: ro,
+        });
     }
     let server = Server::new(config)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await?;
         smbd_lite::server::listen(server, listener).await

@@ -72,7 +72,9 @@ pub struct User {
 
 impl std::fmt::Debug for User {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("User").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -173,16 +175,22 @@ impl Server {
         let mut shares: Vec<Arc<Share>> = Vec::new();
         for s in &config.shares {
             let bad = |c: char| c.is_control() || "\\/:*?\"<>|".contains(c);
-            if s.name.is_empty() || s.name.len() > 80 || s.name.chars().any(bad) || s.name.eq_ignore_ascii_case("IPC$") {
+            if s.name.is_empty()
+                || s.name.len() > 80
+                || s.name.chars().any(bad)
+                || s.name.eq_ignore_ascii_case("IPC$")
+            {
                 return Err(ServerError::ShareName(s.name.clone()));
             }
             if shares.iter().any(|x| x.name.eq_ignore_ascii_case(&s.name)) {
                 return Err(ServerError::DuplicateShare(s.name.clone()));
             }
-            let share = Share::open(&s.name, &s.path, s.read_only).map_err(|source| ServerError::ShareRoot {
-                name: s.name.clone(),
-                path: s.path.clone(),
-                source,
+            let share = Share::open(&s.name, &s.path, s.read_only).map_err(|source| {
+                ServerError::ShareRoot {
+                    name: s.name.clone(),
+                    path: s.path.clone(),
+                    source,
+                }
             })?;
             shares.push(Arc::new(share));
         }

@@ -256,11 +256,13 @@ mod tests {
         let nt_hash: [u8; 16] = Md4::digest(string_to_utf16(password)).into();
         let id = string_to_utf16(&format!("{}{}", user.to_uppercase(), domain));
         let key = hmac_md5(&nt_hash, &[&id]);
-        let blob = [1u8, 1, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 5, 5, 5, 5, 5, 5, 5, 5]
-            .iter()
-            .copied()
-            .chain([0u8; 8])
-            .collect::<Vec<_>>();
+        let blob = [
+            1u8, 1, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 5, 5, 5, 5, 5, 5, 5, 5,
+        ]
+        .iter()
+        .copied()
+        .chain([0u8; 8])
+        .collect::<Vec<_>>();
         let proof = hmac_md5(&key, &[chal, &blob]);
         let mut nt = proof.to_vec();
         nt.extend_from_slice(&blob);

@@ -37,8 +37,11 @@ pub enum Token<'a> {
     },
 }
 
-/// Splits one DER TLV off `b`: (tag, content, whole TLV, rest).
-fn tlv(b: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), WireError> {
+/// One DER TLV split off a buffer: (tag, content, whole TLV, rest).
+type Tlv<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+/// Splits one DER TLV off `b`.
+fn tlv(b: &[u8]) -> Result<Tlv<'_>, WireError> {
     let tag = *b.first().ok_or(WireError::Truncated(0))?;
     let first = *b.get(1).ok_or(WireError::Truncated(1))?;
     let (len, hdr) = if first < 0x80 {
@@ -49,7 +52,9 @@ fn tlv(b: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), WireError> {
             return Err(WireError::Invalid("DER length"));
         }
         let bytes = b.get(2..2 + n).ok_or(WireError::Truncated(2))?;
-        let len = bytes.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+        let len = bytes
+            .iter()
+            .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
         (len, 2 + n)
     };
     let end = hdr.checked_add(len).ok_or(WireError::Truncated(hdr))?;
@@ -66,7 +71,10 @@ fn fields(seq: &[u8]) -> Result<[Option<&[u8]>; 4], WireError> {
     let mut out = [None; 4];
     while !body.is_empty() {
         let (tag, content, _, rest) = tlv(body)?;
-        if let Some(slot) = tag.checked_sub(0xa0).and_then(|i| out.get_mut(usize::from(i))) {
+        if let Some(slot) = tag
+            .checked_sub(0xa0)
+            .and_then(|i| out.get_mut(usize::from(i)))
+        {
             *slot = Some(content);
         }
         body = rest;
@@ -108,7 +116,8 @@ pub fn unwrap(blob: &[u8]) -> Result<Token<'_>, WireError> {
     };
     let f = fields(seq)?;
     let mech_types = if init {
-        f[0].map(|m| tlv(m).map(|(_, _, whole, _)| whole)).transpose()?
+        f[0].map(|m| tlv(m).map(|(_, _, whole, _)| whole))
+            .transpose()?
     } else {
         None
     };
@@ -126,11 +135,11 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut v = vec![tag];
     let len = content.len();
     if len < 0x80 {
-        v.push(len as u8);
+        v.push(u8::try_from(len).unwrap_or(0x7f));
     } else {
         let bytes = len.to_be_bytes();
         let skip = bytes.iter().take_while(|&&x| x == 0).count();
-        v.push(0x80 | (bytes.len() - skip) as u8);
+        v.push(0x80 | u8::try_from(bytes.len() - skip).unwrap_or(8));
         v.extend_from_slice(&bytes[skip..]);
     }
     v.extend_from_slice(content);

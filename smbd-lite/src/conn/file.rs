@@ -39,7 +39,6 @@ const OPT_DELETE_ON_CLOSE: u32 = 0x1000;
 const SUPERSEDE: u32 = 0;
 const OPEN: u32 = 1;
 const CREATE: u32 = 2;
-const OPEN_IF: u32 = 3;
 const OVERWRITE: u32 = 4;
 const OVERWRITE_IF: u32 = 5;
 
@@ -113,7 +112,13 @@ impl Connection {
         v.copy_from_slice(&fid[8..]);
         let id = u64::from_le_bytes(v);
         match self.opens.get(&id) {
-            Some(o) if o.session_id == ctx.session_id && o.tree_id == ctx.tree_id && file_id_bytes(id) == *fid => Ok(o),
+            Some(o)
+                if o.session_id == ctx.session_id
+                    && o.tree_id == ctx.tree_id
+                    && file_id_bytes(id) == *fid =>
+            {
+                Ok(o)
+            }
             _ => Err(NtStatus::FileClosed.into()),
         }
     }
@@ -123,7 +128,9 @@ impl Connection {
         self.open(fid, ctx)?;
         let mut v = [0u8; 8];
         v.copy_from_slice(&fid[8..]);
-        self.opens.get_mut(&u64::from_le_bytes(v)).ok_or(Fail::Status(NtStatus::FileClosed))
+        self.opens
+            .get_mut(&u64::from_le_bytes(v))
+            .ok_or(Fail::Status(NtStatus::FileClosed))
     }
 
     pub(super) fn create(&mut self, req: &CreateRequest<'_>, ctx: &mut Ctx) -> Result<Reply> {
@@ -134,12 +141,20 @@ impl Connection {
         if self.opens.len() >= self.server.config.limits.max_opens {
             return Err(NtStatus::TooManyOpenedFiles.into());
         }
-        let name = utf16_to_string(req.name).map_err(|_| Fail::Status(NtStatus::ObjectNameInvalid))?;
+        let name =
+            utf16_to_string(req.name).map_err(|_| Fail::Status(NtStatus::ObjectNameInvalid))?;
         let mut path = SharePath::parse(&name)?;
         share.resolve_case(&mut path, matches!(req.disposition, OPEN | OVERWRITE));
-        let share_max = if share.read_only { ACCESS_READ } else { ACCESS_FULL };
+        let share_max = if share.read_only {
+            ACCESS_READ
+        } else {
+            ACCESS_FULL
+        };
         let access = map_generic(req.desired_access, share_max);
-        let creates = matches!(req.disposition, SUPERSEDE | CREATE | OVERWRITE | OVERWRITE_IF);
+        let creates = matches!(
+            req.disposition,
+            SUPERSEDE | CREATE | OVERWRITE | OVERWRITE_IF
+        );
         let delete_on_close = req.options & OPT_DELETE_ON_CLOSE != 0;
         if share.read_only && (access & WRITE_ACCESS != 0 || creates || delete_on_close) {
             return Err(NtStatus::AccessDenied.into());
@@ -176,22 +191,31 @@ impl Connection {
             }
             match req.disposition {
                 CREATE => return Err(NtStatus::ObjectNameCollision.into()),
-                _ if meta.is_dir() && matches!(req.disposition, SUPERSEDE | OVERWRITE | OVERWRITE_IF) => {
+                _ if meta.is_dir()
+                    && matches!(req.disposition, SUPERSEDE | OVERWRITE | OVERWRITE_IF) =>
+                {
                     return Err(NtStatus::InvalidParameter.into())
                 }
                 SUPERSEDE | OVERWRITE | OVERWRITE_IF => {
                     if share.read_only {
                         return Err(NtStatus::AccessDenied.into());
                     }
-                    let f = share.open_file(&path, true, OpenMode::Truncate).map_err(|e| Fail::Status(io_status(&e)))?;
-                    let action = if req.disposition == SUPERSEDE { ACTION_SUPERSEDED } else { ACTION_OVERWRITTEN };
+                    let f = share
+                        .open_file(&path, true, OpenMode::Truncate)
+                        .map_err(|e| Fail::Status(io_status(&e)))?;
+                    let action = if req.disposition == SUPERSEDE {
+                        ACTION_SUPERSEDED
+                    } else {
+                        ACTION_OVERWRITTEN
+                    };
                     (f, action)
                 }
                 _ => {
                     if delete_on_close && !meta.is_dir() && meta.permissions().readonly() {
                         return Err(NtStatus::CannotDelete.into());
                     }
-                    let write = access & (FILE_WRITE_DATA | FILE_APPEND_DATA) != 0 && !meta.is_dir();
+                    let write =
+                        access & (FILE_WRITE_DATA | FILE_APPEND_DATA) != 0 && !meta.is_dir();
                     let f = if meta.is_dir() {
                         share.open_dir(&path)
                     } else {
@@ -204,7 +228,12 @@ impl Connection {
         } else {
             if matches!(req.disposition, OPEN | OVERWRITE) {
                 let parent = share.parent_exists(&path);
-                return Err(if parent { NtStatus::ObjectNameNotFound } else { NtStatus::ObjectPathNotFound }.into());
+                return Err(if parent {
+                    NtStatus::ObjectNameNotFound
+                } else {
+                    NtStatus::ObjectPathNotFound
+                }
+                .into());
             }
             if share.read_only {
                 return Err(NtStatus::AccessDenied.into());
@@ -217,15 +246,16 @@ impl Connection {
                 return Err(NtStatus::CannotDelete.into());
             }
             let f = if want_dir {
-                share
-                    .create_dir(&path)
-                    .and_then(|()| share.open_dir(&path))
+                share.create_dir(&path).and_then(|()| share.open_dir(&path))
             } else {
                 share.open_file(&path, true, OpenMode::CreateNew)
             }
             .map_err(|e| Fail::Status(NtStatus::from_io(&e, parent_missing)))?;
             if req.attributes & ATTR_READONLY != 0 && !want_dir {
-                let mut perm = f.metadata().map_err(|e| Fail::Status(io_status(&e)))?.permissions();
+                let mut perm = f
+                    .metadata()
+                    .map_err(|e| Fail::Status(io_status(&e)))?
+                    .permissions();
                 perm.set_readonly(true);
                 let _ = f.set_permissions(perm);
             }
@@ -259,16 +289,28 @@ impl Connection {
             );
         }
         ctx.file_id = Some(fid);
-        Ok(Reply::ok(create_body(&st, action, &fid, &req.contexts, share_max)))
+        Ok(Reply::ok(create_body(
+            &st,
+            action,
+            &fid,
+            &req.contexts,
+            share_max,
+        )))
     }
 
     pub(super) fn close(&mut self, flags: u16, fid: &FileId, ctx: &Ctx) -> Result<Reply> {
         self.open(fid, ctx)?;
         let mut v = [0u8; 8];
         v.copy_from_slice(&fid[8..]);
-        let open = self.opens.remove(&u64::from_le_bytes(v)).ok_or(Fail::Status(NtStatus::FileClosed))?;
+        let open = self
+            .opens
+            .remove(&u64::from_le_bytes(v))
+            .ok_or(Fail::Status(NtStatus::FileClosed))?;
         let st = if flags & 1 != 0 {
-            open.file.metadata().ok().map(|m| FileStat::from_metadata(&m))
+            open.file
+                .metadata()
+                .ok()
+                .map(|m| FileStat::from_metadata(&m))
         } else {
             None
         };
@@ -289,7 +331,12 @@ impl Connection {
 
     /// Closes every open matching `pred` (logoff, tree disconnect).
     pub(super) fn close_where(&mut self, pred: impl Fn(&Open) -> bool) {
-        let ids: Vec<u64> = self.opens.iter().filter(|(_, o)| pred(o)).map(|(&k, _)| k).collect();
+        let ids: Vec<u64> = self
+            .opens
+            .iter()
+            .filter(|(_, o)| pred(o))
+            .map(|(&k, _)| k)
+            .collect();
         for id in ids {
             if let Some(o) = self.opens.remove(&id) {
                 finish_close(o);
@@ -302,11 +349,20 @@ impl Connection {
         if open.share.read_only {
             return Err(NtStatus::AccessDenied.into());
         }
-        open.file.sync_all().map_err(|e| Fail::Status(io_status(&e)))?;
+        open.file
+            .sync_all()
+            .map_err(|e| Fail::Status(io_status(&e)))?;
         Ok(Reply::empty4())
     }
 
-    pub(super) fn read(&mut self, length: u32, offset: u64, fid: &FileId, minimum: u32, ctx: &Ctx) -> Result<Reply> {
+    pub(super) fn read(
+        &mut self,
+        length: u32,
+        offset: u64,
+        fid: &FileId,
+        minimum: u32,
+        ctx: &Ctx,
+    ) -> Result<Reply> {
         let open = self.open(fid, ctx)?;
         if open.is_dir {
             return Err(NtStatus::InvalidDeviceRequest.into());
@@ -326,7 +382,10 @@ impl Connection {
         body.resize(16 + length, 0);
         let mut got = 0usize;
         while got < length {
-            match open.file.read_at(&mut body[16 + got..], offset + got as u64) {
+            match open
+                .file
+                .read_at(&mut body[16 + got..], offset + got as u64)
+            {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -346,7 +405,13 @@ impl Connection {
         Ok(Reply::ok(body))
     }
 
-    pub(super) fn write(&mut self, offset: u64, fid: &FileId, data: &[u8], ctx: &Ctx) -> Result<Reply> {
+    pub(super) fn write(
+        &mut self,
+        offset: u64,
+        fid: &FileId,
+        data: &[u8],
+        ctx: &Ctx,
+    ) -> Result<Reply> {
         let open = self.open(fid, ctx)?;
         if open.share.read_only {
             return Err(NtStatus::AccessDenied.into());
@@ -358,21 +423,34 @@ impl Connection {
             return Err(NtStatus::AccessDenied.into());
         }
         let offset = if offset == u64::MAX {
-            open.file.metadata().map_err(|e| Fail::Status(io_status(&e)))?.len()
+            open.file
+                .metadata()
+                .map_err(|e| Fail::Status(io_status(&e)))?
+                .len()
         } else {
             offset
         };
-        let end = offset.checked_add(data.len() as u64).ok_or(Fail::Status(NtStatus::InvalidParameter))?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(Fail::Status(NtStatus::InvalidParameter))?;
         if end > i64::MAX as u64 {
             return Err(NtStatus::InvalidParameter.into());
         }
         if self.conflicts(open, offset, data.len() as u64, true) {
             return Err(NtStatus::FileLockConflict.into());
         }
-        open.file.write_all_at(data, offset).map_err(|e| Fail::Status(io_status(&e)))?;
+        open.file
+            .write_all_at(data, offset)
+            .map_err(|e| Fail::Status(io_status(&e)))?;
         self.open_mut(fid, ctx)?.position = end;
         let mut o = Out::with_capacity(17);
-        o.u16(17).u16(0).u32(u32_len(data.len())).u32(0).u16(0).u16(0).u8(0);
+        o.u16(17)
+            .u16(0)
+            .u32(u32_len(data.len()))
+            .u32(0)
+            .u16(0)
+            .u16(0)
+            .u8(0);
         Ok(Reply::ok(o.0))
     }
 
@@ -411,7 +489,9 @@ impl Connection {
         self.opens.values().any(|o| {
             o.inode == me.inode
                 && !std::ptr::eq(o, me)
-                && o.locks.iter().any(|l| overlaps(l, offset, length) && (l.exclusive || exclusive))
+                && o.locks
+                    .iter()
+                    .any(|l| overlaps(l, offset, length) && (l.exclusive || exclusive))
         })
     }
 
@@ -448,13 +528,19 @@ impl Connection {
         let mut granted = Vec::new();
         for l in locks {
             let exclusive = l.flags & EXCLUSIVE != 0;
-            let clash_self = open.locks.iter().chain(&granted).any(|h: &Lock| {
-                overlaps(h, l.offset, l.length) && (h.exclusive || exclusive)
-            });
+            let clash_self = open
+                .locks
+                .iter()
+                .chain(&granted)
+                .any(|h: &Lock| overlaps(h, l.offset, l.length) && (h.exclusive || exclusive));
             if clash_self || self.conflicts(open, l.offset, l.length, exclusive) {
                 return Err(NtStatus::LockNotGranted.into());
             }
-            granted.push(Lock { offset: l.offset, length: l.length, exclusive });
+            granted.push(Lock {
+                offset: l.offset,
+                length: l.length,
+                exclusive,
+            });
         }
         let open = self.open_mut(fid, ctx)?;
         if open.locks.len() + granted.len() > crate::wire::requests::MAX_LOCKS * 16 {
@@ -486,11 +572,21 @@ pub(super) fn finish_close(open: Open) {
 }
 
 /// The CREATE response body with the replies to MxAc and QFid.
-fn create_body(st: &FileStat, action: u32, fid: &FileId, contexts: &[&[u8]], max_access: u32) -> Vec<u8> {
+fn create_body(
+    st: &FileStat,
+    action: u32,
+    fid: &FileId,
+    contexts: &[&[u8]],
+    max_access: u32,
+) -> Vec<u8> {
     let mut o = Out::with_capacity(160);
     o.u16(89).u8(0).u8(0).u32(action);
     st.emit_times(&mut o);
-    o.u64(st.alloc).u64(st.size).u32(st.attributes).u32(0).bytes(fid);
+    o.u64(st.alloc)
+        .u64(st.size)
+        .u32(st.attributes)
+        .u32(0)
+        .bytes(fid);
     let ctx_pos = o.len();
     o.u32(0).u32(0);
     let mut chain = Out::default();

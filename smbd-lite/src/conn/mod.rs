@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::signing::{preauth_update, SigningKey};
-use crate::fs::share::Share;
 use crate::wire::header::{FLAG_RELATED, FLAG_SIGNED};
 use crate::wire::negotiate::{self, parse_smb1_negotiate, Smb1Negotiate, SMB311};
 use crate::wire::requests::{emit_error_body, FileId, Request, FILE_ID_LAST};
@@ -77,6 +76,9 @@ impl Reply {
 
 type Result<T> = std::result::Result<T, Fail>;
 
+/// One compound member's reply bytes and the key to sign them with.
+type MemberReply = (Vec<u8>, Option<SigningKey>);
+
 /// Per-member context of a compound chain.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Ctx {
@@ -131,11 +133,14 @@ impl Connection {
 
     /// Handles one frame (without the 4-byte transport header); returns the
     /// reply frame, or `None` when nothing is to be sent.
-    pub fn handle_frame(&mut self, frame: &[u8]) -> std::result::Result<Option<Vec<u8>>, ConnError> {
+    pub fn handle_frame(
+        &mut self,
+        frame: &[u8],
+    ) -> std::result::Result<Option<Vec<u8>>, ConnError> {
         if frame.first() == Some(&0xFF) {
             return self.handle_smb1(frame).map(Some);
         }
-        let mut replies: Vec<(Vec<u8>, Option<SigningKey>)> = Vec::new();
+        let mut replies: Vec<MemberReply> = Vec::new();
         let mut ctx = Ctx::default();
         let mut off = 0usize;
         loop {
@@ -178,7 +183,12 @@ impl Connection {
 
     /// Handles one compound member; returns its reply (unpadded) and the
     /// key to sign it with, or `None` when it gets no reply.
-    fn handle_member(&mut self, hdr: &Header, msg: &[u8], ctx: &mut Ctx) -> std::result::Result<Option<(Vec<u8>, Option<SigningKey>)>, ConnError> {
+    fn handle_member(
+        &mut self,
+        hdr: &Header,
+        msg: &[u8],
+        ctx: &mut Ctx,
+    ) -> std::result::Result<Option<MemberReply>, ConnError> {
         if hdr.flags & 0x1 != 0 {
             return Err(ConnError::Protocol("response sent to server"));
         }
@@ -186,11 +196,16 @@ impl Connection {
             // CANCEL takes no credit and gets no reply (nothing is async).
             return Ok(None);
         }
-        let charge = if self.dialect.unwrap_or(0) >= negotiate::SMB210 { hdr.credit_charge } else { 1 };
+        let charge = if self.dialect.unwrap_or(0) >= negotiate::SMB210 {
+            hdr.credit_charge
+        } else {
+            1
+        };
         self.credits.consume(hdr.message_id, charge)?;
         let related = hdr.flags & FLAG_RELATED != 0;
         if related {
-            if hdr.session_id != u64::MAX && hdr.session_id != 0 && hdr.session_id != ctx.session_id {
+            if hdr.session_id != u64::MAX && hdr.session_id != 0 && hdr.session_id != ctx.session_id
+            {
                 ctx.session_id = hdr.session_id;
             }
             if hdr.tree_id != u32::MAX && hdr.tree_id != 0 {
@@ -205,7 +220,9 @@ impl Connection {
         }
         ctx.signed = hdr.flags & FLAG_SIGNED != 0;
         let result = if related && ctx.failed.is_some() {
-            Err(Fail::Status(ctx.failed.unwrap_or(NtStatus::InvalidParameter)))
+            Err(Fail::Status(
+                ctx.failed.unwrap_or(NtStatus::InvalidParameter),
+            ))
         } else {
             self.check_signature(hdr, msg, ctx)
                 .and_then(|()| self.dispatch(hdr, msg, ctx))
@@ -242,7 +259,14 @@ impl Connection {
     }
 
     /// Preauth hashing of NEGOTIATE and SESSION_SETUP replies (3.1.1).
-    fn preauth_reply(&mut self, hdr: &Header, msg: &[u8], status: NtStatus, ctx: &Ctx, reply: &[u8]) {
+    fn preauth_reply(
+        &mut self,
+        hdr: &Header,
+        msg: &[u8],
+        status: NtStatus,
+        ctx: &Ctx,
+        reply: &[u8],
+    ) {
         if hdr.command == Command::SessionSetup
             && self.dialect == Some(SMB311)
             && status == NtStatus::MoreProcessingRequired
@@ -257,11 +281,19 @@ impl Connection {
         }
     }
 
-    fn signing_key_for_reply(&self, hdr: &Header, status: NtStatus, ctx: &Ctx) -> Option<SigningKey> {
+    fn signing_key_for_reply(
+        &self,
+        hdr: &Header,
+        status: NtStatus,
+        ctx: &Ctx,
+    ) -> Option<SigningKey> {
         let s = self.sessions.get(&ctx.session_id)?;
         let key = s.signing.clone()?;
         let final_setup = hdr.command == Command::SessionSetup && status == NtStatus::Success;
-        if ctx.signed || (final_setup && self.dialect >= Some(negotiate::SMB300)) || s.signing_required {
+        if ctx.signed
+            || (final_setup && self.dialect >= Some(negotiate::SMB300))
+            || s.signing_required
+        {
             Some(key)
         } else {
             None
@@ -303,27 +335,48 @@ impl Connection {
             Request::Create(c) => self.create(&c, ctx),
             Request::Close { flags, file_id } => self.close(flags, &file_id, ctx),
             Request::Flush { file_id } => self.flush(&file_id, ctx),
-            Request::Read { length, offset, file_id, minimum } => {
-                self.read(length, offset, &file_id, minimum, ctx)
-            }
-            Request::Write { offset, file_id, data } => self.write(offset, &file_id, data, ctx),
+            Request::Read {
+                length,
+                offset,
+                file_id,
+                minimum,
+            } => self.read(length, offset, &file_id, minimum, ctx),
+            Request::Write {
+                offset,
+                file_id,
+                data,
+            } => self.write(offset, &file_id, data, ctx),
             Request::Lock { file_id, locks } => self.lock(&file_id, &locks, ctx),
-            Request::Ioctl { ctl_code, file_id, input, max_output, .. } => {
-                self.ioctl(ctl_code, &file_id, input, max_output, ctx)
-            }
-            Request::QueryDirectory { class, flags, file_id, pattern, max_output } => {
-                self.query_directory(class, flags, &file_id, pattern, max_output, ctx)
-            }
+            Request::Ioctl {
+                ctl_code,
+                file_id,
+                input,
+                max_output,
+                ..
+            } => self.ioctl(ctl_code, &file_id, input, max_output, ctx),
+            Request::QueryDirectory {
+                class,
+                flags,
+                file_id,
+                pattern,
+                max_output,
+            } => self.query_directory(class, flags, &file_id, pattern, max_output, ctx),
             Request::ChangeNotify { file_id } => {
                 self.open(&file_id, ctx)?;
                 Err(NtStatus::NotImplemented.into())
             }
-            Request::QueryInfo { info_type, class, max_output, file_id } => {
-                self.query_info(info_type, class, max_output, &file_id, msg, ctx)
-            }
-            Request::SetInfo { info_type, class, file_id, data } => {
-                self.set_info(info_type, class, &file_id, data, ctx)
-            }
+            Request::QueryInfo {
+                info_type,
+                class,
+                max_output,
+                file_id,
+            } => self.query_info(info_type, class, max_output, &file_id, msg, ctx),
+            Request::SetInfo {
+                info_type,
+                class,
+                file_id,
+                data,
+            } => self.set_info(info_type, class, &file_id, data, ctx),
             Request::OplockBreak => Err(NtStatus::InvalidOplockProtocol.into()),
             Request::Cancel => Err(NtStatus::InvalidParameter.into()),
             Request::Unknown(_) => Err(NtStatus::InvalidParameter.into()),
@@ -376,13 +429,5 @@ impl Connection {
             .trees
             .get(&ctx.tree_id)
             .ok_or(Fail::Status(NtStatus::NetworkNameDeleted))
-    }
-
-    /// The disk share of `ctx` (IPC$ has none).
-    fn share(&self, ctx: &Ctx) -> Result<Arc<Share>> {
-        match self.tree(ctx)? {
-            Tree::Disk(s) => Ok(Arc::clone(s)),
-            Tree::Ipc => Err(NtStatus::NotSupported.into()),
-        }
     }
 }

@@ -42,27 +42,49 @@ impl Connection {
         ctx: &Ctx,
     ) -> Result<Reply> {
         let class = DirClass::from_wire(class).ok_or(Fail::Status(NtStatus::InvalidInfoClass))?;
-        let pattern = utf16_to_string(pattern).map_err(|_| Fail::Status(NtStatus::ObjectNameInvalid))?;
+        let pattern =
+            utf16_to_string(pattern).map_err(|_| Fail::Status(NtStatus::ObjectNameInvalid))?;
         let open = self.open_mut(fid, ctx)?;
         if !open.is_dir {
             return Err(NtStatus::InvalidParameter.into());
         }
         let restart = flags & (RESTART_SCANS | REOPEN) != 0;
-        let pattern = if pattern.is_empty() { "*".to_string() } else { pattern };
+        let pattern = if pattern.is_empty() {
+            "*".to_string()
+        } else {
+            pattern
+        };
         if pattern.chars().count() > crate::fs::dir::MAX_PATTERN {
             return Err(NtStatus::ObjectNameInvalid.into());
         }
         let first = open.listing.is_none();
-        if first || restart || open.listing.as_ref().is_some_and(|l| flags & REOPEN != 0 && l.pattern != pattern) {
+        if first
+            || restart
+            || open
+                .listing
+                .as_ref()
+                .is_some_and(|l| flags & REOPEN != 0 && l.pattern != pattern)
+        {
             let mut names = vec![".".to_string(), "..".to_string()];
-            names.extend(open.share.list(&open.path).map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?);
+            names.extend(
+                open.share
+                    .list(&open.path)
+                    .map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?,
+            );
             names.retain(|n| matches(&pattern, n));
-            open.listing = Some(Listing { pattern, names, next: 0 });
+            open.listing = Some(Listing {
+                pattern,
+                names,
+                next: 0,
+            });
         }
         let max = (max_output as usize).min(MAX_IO);
         let share = std::sync::Arc::clone(&open.share);
         let path = open.path.clone();
-        let listing = open.listing.as_mut().ok_or(Fail::Status(NtStatus::NoMoreFiles))?;
+        let listing = open
+            .listing
+            .as_mut()
+            .ok_or(Fail::Status(NtStatus::NoMoreFiles))?;
         let mut out = Out::with_capacity(max.min(64 * 1024));
         let mut last: Option<usize> = None;
         let mut sent = 0usize;
@@ -99,7 +121,12 @@ impl Connection {
         }
         if sent == 0 {
             let none = listing.names.is_empty() && (first || restart);
-            return Err(if none { NtStatus::NoSuchFile } else { NtStatus::NoMoreFiles }.into());
+            return Err(if none {
+                NtStatus::NoSuchFile
+            } else {
+                NtStatus::NoMoreFiles
+            }
+            .into());
         }
         let mut o = Out::with_capacity(out.len() + 8);
         emit_buffer_reply(&mut o, &out.0);
@@ -120,10 +147,15 @@ impl Connection {
         let (data, fixed) = match info_type {
             1 => {
                 let class = FileClass::from(class);
-                if class == FileClass::NormalizedName && self.dialect < Some(crate::wire::negotiate::SMB311) {
+                if class == FileClass::NormalizedName
+                    && self.dialect < Some(crate::wire::negotiate::SMB311)
+                {
                     return Err(NtStatus::NotSupported.into());
                 }
-                let meta = open.file.metadata().map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
+                let meta = open
+                    .file
+                    .metadata()
+                    .map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
                 let st = FileStat::from_metadata(&meta);
                 let name = open.path.to_windows();
                 let oi = OpenInfo {
@@ -136,13 +168,21 @@ impl Connection {
                 encode_file(class, &st, &oi).ok_or(Fail::Status(NtStatus::InvalidInfoClass))?
             }
             2 => {
-                let created = open.share.stat(&SharePath::default()).map(|m| FileStat::from_cap(&m).created).unwrap_or(0);
+                let created = open
+                    .share
+                    .stat(&SharePath::default())
+                    .map(|m| FileStat::from_cap(&m).created)
+                    .unwrap_or(0);
                 encode_fs(class, &open.share.space(), open.share.read_only, created)
                     .ok_or(Fail::Status(NtStatus::InvalidInfoClass))?
             }
             3 => {
                 let additional = Buf(msg).u32(crate::wire::HEADER_LEN + 16)?;
-                let mask = if open.share.read_only { ACCESS_READ } else { ACCESS_FULL };
+                let mask = if open.share.read_only {
+                    ACCESS_READ
+                } else {
+                    ACCESS_FULL
+                };
                 (info::security_descriptor(mask, open.is_dir, additional), 0)
             }
             _ => return Err(NtStatus::NotSupported.into()),
@@ -157,16 +197,29 @@ impl Connection {
                 let mut need = Out::default();
                 need.u32(u32_len(data.len()));
                 emit_buffer_reply(&mut o, &need.0);
-                return Ok(Reply { status: NtStatus::Unknown(0xC000_0023), body: o.0 });
+                return Ok(Reply {
+                    status: NtStatus::Unknown(0xC000_0023),
+                    body: o.0,
+                });
             }
             emit_buffer_reply(&mut o, &data[..max]);
-            return Ok(Reply { status: NtStatus::BufferOverflow, body: o.0 });
+            return Ok(Reply {
+                status: NtStatus::BufferOverflow,
+                body: o.0,
+            });
         }
         emit_buffer_reply(&mut o, &data);
         Ok(Reply::ok(o.0))
     }
 
-    pub(super) fn set_info(&mut self, info_type: u8, class: u8, fid: &FileId, data: &[u8], ctx: &Ctx) -> Result<Reply> {
+    pub(super) fn set_info(
+        &mut self,
+        info_type: u8,
+        class: u8,
+        fid: &FileId,
+        data: &[u8],
+        ctx: &Ctx,
+    ) -> Result<Reply> {
         let open = self.open(fid, ctx)?;
         let read_only = open.share.read_only;
         if read_only {
@@ -194,9 +247,15 @@ impl Connection {
                 if size > i64::MAX as u64 {
                     return Err(NtStatus::InvalidParameter.into());
                 }
-                let cur = open.file.metadata().map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?.len();
+                let cur = open
+                    .file
+                    .metadata()
+                    .map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?
+                    .len();
                 if class == 20 || size < cur {
-                    open.file.set_len(size).map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
+                    open.file
+                        .set_len(size)
+                        .map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
                 }
             }
             11 => return Err(NtStatus::NotSupported.into()),
@@ -224,17 +283,24 @@ impl Connection {
             }
         }
         if any {
-            open.file.set_times(times).map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
+            open.file
+                .set_times(times)
+                .map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
         }
         if attrs != 0 && !open.is_dir {
-            let meta = open.file.metadata().map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
+            let meta = open
+                .file
+                .metadata()
+                .map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
             let mut perm = meta.permissions();
             let want_ro = attrs & ATTR_READONLY != 0;
             if perm.readonly() != want_ro {
                 use std::os::unix::fs::PermissionsExt;
                 let mode = perm.mode();
                 perm.set_mode(if want_ro { mode & !0o222 } else { mode | 0o200 });
-                open.file.set_permissions(perm).map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
+                open.file
+                    .set_permissions(perm)
+                    .map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
             }
         }
         Ok(())
@@ -243,7 +309,8 @@ impl Connection {
     fn rename(&mut self, fid: &FileId, b: Buf<'_>, ctx: &Ctx) -> Result<()> {
         let replace = b.u8(0)? != 0;
         let len = b.u32(16)? as usize;
-        let name = utf16_to_string(b.bytes(20, len)?).map_err(|_| Fail::Status(NtStatus::ObjectNameInvalid))?;
+        let name = utf16_to_string(b.bytes(20, len)?)
+            .map_err(|_| Fail::Status(NtStatus::ObjectNameInvalid))?;
         let open = self.open(fid, ctx)?;
         if open.access & DELETE == 0 {
             return Err(NtStatus::AccessDenied.into());
@@ -254,7 +321,8 @@ impl Connection {
         if target.is_root() {
             return Err(NtStatus::AccessDenied.into());
         }
-        let same = target.host().to_string_lossy().to_lowercase() == open.path.host().to_string_lossy().to_lowercase();
+        let same = target.host().to_string_lossy().to_lowercase()
+            == open.path.host().to_string_lossy().to_lowercase();
         if let Ok(meta) = share.stat(&target) {
             if !same {
                 if !replace {
@@ -279,7 +347,9 @@ impl Connection {
                 return Err(NtStatus::AccessDenied.into());
             }
         }
-        share.rename(&from, &target).map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
+        share
+            .rename(&from, &target)
+            .map_err(|e| Fail::Status(NtStatus::from_io(&e, false)))?;
         // Keep open handles below a renamed directory pointing at it.
         let old = from.components().to_vec();
         for o in self.opens.values_mut() {
@@ -306,7 +376,12 @@ impl Connection {
             if open.is_dir && open.share.dir_has_entries(&open.path).unwrap_or(false) {
                 return Err(NtStatus::DirectoryNotEmpty.into());
             }
-            if !open.is_dir && open.file.metadata().is_ok_and(|m| m.permissions().readonly()) {
+            if !open.is_dir
+                && open
+                    .file
+                    .metadata()
+                    .is_ok_and(|m| m.permissions().readonly())
+            {
                 return Err(NtStatus::CannotDelete.into());
             }
         }
@@ -314,12 +389,23 @@ impl Connection {
         Ok(())
     }
 
-    pub(super) fn ioctl(&mut self, code: u32, fid: &FileId, input: &[u8], max_output: u32, ctx: &Ctx) -> Result<Reply> {
+    pub(super) fn ioctl(
+        &mut self,
+        code: u32,
+        fid: &FileId,
+        input: &[u8],
+        max_output: u32,
+        ctx: &Ctx,
+    ) -> Result<Reply> {
         let output = match code {
             FSCTL_VALIDATE_NEGOTIATE_INFO => self.validate_negotiate(input)?,
             FSCTL_QUERY_NETWORK_INTERFACE_INFO => {
                 self.session(ctx)?;
-                let addr = self.server.config.interface_addr.ok_or(Fail::Status(NtStatus::NotSupported))?;
+                let addr = self
+                    .server
+                    .config
+                    .interface_addr
+                    .ok_or(Fail::Status(NtStatus::NotSupported))?;
                 let mut o = Out::with_capacity(152);
                 o.u32(0).u32(1).u32(0).u32(0).u64(10_000_000_000);
                 o.u16(2).u16(0).bytes(&addr.octets()).zeros(120);
@@ -330,7 +416,7 @@ impl Connection {
                     Tree::Ipc => NtStatus::NotFound,
                     Tree::Disk(_) => NtStatus::Unknown(0xC000_019C), // FS_DRIVER_REQUIRED
                 }
-                .into())
+                .into());
             }
             FSCTL_GET_REPARSE_POINT => {
                 self.open(fid, ctx)?;
@@ -346,7 +432,12 @@ impl Connection {
         }
         let mut o = Out::with_capacity(48 + output.len());
         o.u16(49).u16(0).u32(code).bytes(fid);
-        o.u32(112).u32(0).u32(112).u32(u32_len(output.len())).u32(0).u32(0);
+        o.u32(112)
+            .u32(0)
+            .u32(112)
+            .u32(u32_len(output.len()))
+            .u32(0)
+            .u32(0);
         o.bytes(&output);
         if output.is_empty() {
             o.u8(0);
@@ -355,7 +446,11 @@ impl Connection {
     }
 
     fn validate_negotiate(&self, input: &[u8]) -> Result<Vec<u8>> {
-        let drop = || Fail::Drop(super::ConnError::Protocol("VALIDATE_NEGOTIATE_INFO mismatch"));
+        let drop = || {
+            Fail::Drop(super::ConnError::Protocol(
+                "VALIDATE_NEGOTIATE_INFO mismatch",
+            ))
+        };
         let b = Buf(input);
         let req = self.neg_request.as_ref().ok_or_else(drop)?;
         let caps = b.u32(0).map_err(|_| drop())?;
@@ -366,7 +461,11 @@ impl Connection {
             .map(|i| b.u16(24 + 2 * i))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|_| drop())?;
-        if caps != req.capabilities || guid != req.client_guid || mode != req.security_mode || dialects != req.dialects {
+        if caps != req.capabilities
+            || guid != req.client_guid
+            || mode != req.security_mode
+            || dialects != req.dialects
+        {
             return Err(drop());
         }
         let mut o = Out::with_capacity(24);
@@ -382,4 +481,3 @@ impl Connection {
         self.close_where(|o| o.session_id == sid && tid.is_none_or(|t| o.tree_id == t));
     }
 }
-

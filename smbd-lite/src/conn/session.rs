@@ -75,13 +75,22 @@ impl Connection {
     }
 
     /// Appends a NEGOTIATE response body for `dialect`.
-    pub(super) fn negotiate_reply(&mut self, dialect: u16, req: Option<&NegotiateRequest>, out: &mut Out) {
+    pub(super) fn negotiate_reply(
+        &mut self,
+        dialect: u16,
+        req: Option<&NegotiateRequest>,
+        out: &mut Out,
+    ) {
         let caps = if dialect >= SMB210 && dialect != negotiate::SMB2_WILDCARD {
             CAP_LARGE_MTU
         } else {
             0
         };
-        let max_io = if caps & CAP_LARGE_MTU != 0 { MAX_IO } else { 65536 };
+        let max_io = if caps & CAP_LARGE_MTU != 0 {
+            MAX_IO
+        } else {
+            65536
+        };
         let salt = if dialect == SMB311 && req.is_some() {
             let mut s = [0u8; 32];
             // A fixed salt would only weaken the preauth hash, not break it.
@@ -106,26 +115,44 @@ impl Connection {
         .emit(out);
     }
 
-    pub(super) fn session_setup(&mut self, hdr: &Header, msg: &[u8], blob: &[u8], ctx: &mut Ctx) -> Result<Reply> {
+    pub(super) fn session_setup(
+        &mut self,
+        hdr: &Header,
+        msg: &[u8],
+        blob: &[u8],
+        ctx: &mut Ctx,
+    ) -> Result<Reply> {
         let token = spnego::unwrap(blob).map_err(|_| Fail::Status(NtStatus::InvalidParameter))?;
         let (ntlm_msg, spnego_wrapped, mech_types, client_mic) = match token {
             Token::Raw(t) => (t, false, None, None),
-            Token::Spnego { token, mech_types, mic } => (token, true, mech_types, mic),
+            Token::Spnego {
+                token,
+                mech_types,
+                mic,
+            } => (token, true, mech_types, mic),
         };
-        let kind = ntlm::message_type(ntlm_msg).map_err(|_| Fail::Status(NtStatus::InvalidParameter))?;
+        let kind =
+            ntlm::message_type(ntlm_msg).map_err(|_| Fail::Status(NtStatus::InvalidParameter))?;
         let dialect = self.dialect.unwrap_or(0);
         match kind {
             1 => {
                 if hdr.session_id != 0 && !self.sessions.contains_key(&hdr.session_id) {
                     return Err(NtStatus::UserSessionDeleted.into());
                 }
-                if hdr.session_id == 0 && self.sessions.len() >= self.server.config.limits.max_sessions {
+                if hdr.session_id == 0
+                    && self.sessions.len() >= self.server.config.limits.max_sessions
+                {
                     return Err(NtStatus::RequestNotAccepted.into());
                 }
                 let client_flags = crate::wire::Buf(ntlm_msg).u32(12).unwrap_or(0);
                 let mut challenge = [0u8; 8];
-                getrandom::getrandom(&mut challenge).map_err(|_| Fail::Status(NtStatus::InsufficientResources))?;
-                let id = if hdr.session_id != 0 { hdr.session_id } else { self.new_session_id() };
+                getrandom::getrandom(&mut challenge)
+                    .map_err(|_| Fail::Status(NtStatus::InsufficientResources))?;
+                let id = if hdr.session_id != 0 {
+                    hdr.session_id
+                } else {
+                    self.new_session_id()
+                };
                 let mut preauth = self.preauth;
                 if dialect == SMB311 {
                     preauth_update(&mut preauth, msg);
@@ -171,20 +198,32 @@ impl Connection {
         id
     }
 
-    fn authenticate(&mut self, msg: &[u8], token: &[u8], client_mic: Option<&[u8]>, hdr: &Header, ctx: &mut Ctx) -> Result<Reply> {
+    fn authenticate(
+        &mut self,
+        msg: &[u8],
+        token: &[u8],
+        client_mic: Option<&[u8]>,
+        hdr: &Header,
+        ctx: &mut Ctx,
+    ) -> Result<Reply> {
         let dialect = self.dialect.unwrap_or(0);
         let session = self
             .sessions
             .get_mut(&hdr.session_id)
             .ok_or(Fail::Status(NtStatus::UserSessionDeleted))?;
-        let pending = session.pending.take().ok_or(Fail::Status(NtStatus::InvalidParameter))?;
+        let pending = session
+            .pending
+            .take()
+            .ok_or(Fail::Status(NtStatus::InvalidParameter))?;
         ctx.session_id = hdr.session_id;
-        let auth = Authenticate::parse(token).map_err(|_| Fail::Status(NtStatus::InvalidParameter))?;
+        let auth =
+            Authenticate::parse(token).map_err(|_| Fail::Status(NtStatus::InvalidParameter))?;
         if dialect == SMB311 {
             preauth_update(&mut session.preauth, msg);
         }
         let configured = self.server.config.user.as_ref();
-        let real_user = configured.filter(|u| !auth.is_anonymous() && u.name.eq_ignore_ascii_case(&auth.user));
+        let real_user =
+            configured.filter(|u| !auth.is_anonymous() && u.name.eq_ignore_ascii_case(&auth.user));
         let mut flags = 0u16;
         let mut mic = None;
         if let Some(user) = real_user {
@@ -193,7 +232,10 @@ impl Connection {
                 tracing::debug!("logon failure for {}", auth.user);
                 return Err(NtStatus::LogonFailure.into());
             };
-            let session = self.sessions.get_mut(&hdr.session_id).ok_or(Fail::Status(NtStatus::UserSessionDeleted))?;
+            let session = self
+                .sessions
+                .get_mut(&hdr.session_id)
+                .ok_or(Fail::Status(NtStatus::UserSessionDeleted))?;
             session.signing = Some(SigningKey::derive(dialect, key, &session.preauth));
             session.signing_required = self
                 .neg_request
@@ -208,13 +250,25 @@ impl Connection {
             }
             session.ready = true;
         } else {
-            flags = if auth.is_anonymous() { SESSION_FLAG_IS_NULL } else { SESSION_FLAG_IS_GUEST };
-            let session = self.sessions.get_mut(&hdr.session_id).ok_or(Fail::Status(NtStatus::UserSessionDeleted))?;
+            flags = if auth.is_anonymous() {
+                SESSION_FLAG_IS_NULL
+            } else {
+                SESSION_FLAG_IS_GUEST
+            };
+            let session = self
+                .sessions
+                .get_mut(&hdr.session_id)
+                .ok_or(Fail::Status(NtStatus::UserSessionDeleted))?;
             session.guest = true;
             session.ready = true;
         }
         let body = if pending.spnego {
-            spnego::neg_token_resp(NegState::Completed, &[], mic.as_ref().map(|m| &m[..]), false)
+            spnego::neg_token_resp(
+                NegState::Completed,
+                &[],
+                mic.as_ref().map(|m| &m[..]),
+                false,
+            )
         } else {
             Vec::new()
         };
@@ -244,7 +298,10 @@ impl Connection {
             Tree::Disk(Arc::clone(share))
         };
         let max_trees = self.server.config.limits.max_trees;
-        let session = self.sessions.get_mut(&ctx.session_id).ok_or(Fail::Status(NtStatus::UserSessionDeleted))?;
+        let session = self
+            .sessions
+            .get_mut(&ctx.session_id)
+            .ok_or(Fail::Status(NtStatus::UserSessionDeleted))?;
         if session.trees.len() >= max_trees {
             return Err(NtStatus::InsufficientResources.into());
         }
@@ -276,7 +333,11 @@ impl Connection {
 /// The SESSION_SETUP response body.
 fn setup_body(flags: u16, blob: &[u8]) -> Vec<u8> {
     let mut o = Out::with_capacity(8 + blob.len());
-    o.u16(9).u16(flags).u16(72).u16(u16_len(blob.len())).bytes(blob);
+    o.u16(9)
+        .u16(flags)
+        .u16(72)
+        .u16(u16_len(blob.len()))
+        .bytes(blob);
     if blob.is_empty() {
         o.u8(0);
     }

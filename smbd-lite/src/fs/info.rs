@@ -101,7 +101,11 @@ impl FileStat {
         let written = r.modified.map(filetime).unwrap_or(0);
         let changed = filetime_parts(r.ctime.0, r.ctime.1);
         let created = r.created.map(filetime).unwrap_or(written.min(changed));
-        let mut attributes = if r.is_dir { ATTR_DIRECTORY } else { ATTR_ARCHIVE };
+        let mut attributes = if r.is_dir {
+            ATTR_DIRECTORY
+        } else {
+            ATTR_ARCHIVE
+        };
         if r.mode & 0o222 == 0 {
             attributes |= ATTR_READONLY;
         }
@@ -229,7 +233,11 @@ pub struct OpenInfo<'a> {
 /// Encodes a file information class; `None` when the class is unknown.
 /// The second value is the size of the fixed part (for
 /// STATUS_INFO_LENGTH_MISMATCH on short buffers).
-pub fn encode_file(class: FileClass, st: &FileStat, open: &OpenInfo<'_>) -> Option<(Vec<u8>, usize)> {
+pub fn encode_file(
+    class: FileClass,
+    st: &FileStat,
+    open: &OpenInfo<'_>,
+) -> Option<(Vec<u8>, usize)> {
     let mut o = Out::with_capacity(128);
     let fixed = match class {
         FileClass::Basic => {
@@ -340,18 +348,30 @@ pub struct FsSpace {
 const SECTOR: u32 = 512;
 
 /// Encodes a file-system information class; `None` when unknown.
-pub fn encode_fs(class: u8, space: &FsSpace, read_only: bool, volume_created: u64) -> Option<(Vec<u8>, usize)> {
+pub fn encode_fs(
+    class: u8,
+    space: &FsSpace,
+    read_only: bool,
+    volume_created: u64,
+) -> Option<(Vec<u8>, usize)> {
     let mut o = Out::with_capacity(64);
-    let sectors_per_unit = u32::try_from(space.unit / u64::from(SECTOR)).unwrap_or(8).max(1);
+    let sectors_per_unit = u32::try_from(space.unit / u64::from(SECTOR))
+        .unwrap_or(8)
+        .max(1);
     let fixed = match class {
         1 => {
             let label = string_to_utf16("share");
-            o.u64(volume_created).u32(0x5eed_5eed).u32(u32_len(label.len()));
+            o.u64(volume_created)
+                .u32(0x5eed_5eed)
+                .u32(u32_len(label.len()));
             o.u8(0).u8(0).bytes(&label);
             24
         }
         3 => {
-            o.u64(space.total).u64(space.avail).u32(sectors_per_unit).u32(SECTOR);
+            o.u64(space.total)
+                .u64(space.avail)
+                .u32(sectors_per_unit)
+                .u32(SECTOR);
             24
         }
         4 => {
@@ -369,7 +389,13 @@ pub fn encode_fs(class: u8, space: &FsSpace, read_only: bool, volume_created: u6
         }
         6 => {
             // FileFsControlInformation: no quotas, no filtering.
-            o.u64(0).u64(0).u64(0).u64(u64::MAX).u64(u64::MAX).u32(0).u32(0);
+            o.u64(0)
+                .u64(0)
+                .u64(0)
+                .u64(u64::MAX)
+                .u64(u64::MAX)
+                .u32(0)
+                .u32(0);
             48
         }
         8 => {
@@ -408,7 +434,13 @@ pub fn security_descriptor(mask: u32, is_dir: bool, additional: u32) -> Vec<u8> 
     let group = if want_group { next } else { 0 };
     next += if want_group { 12 } else { 0 };
     let dacl = if want_dacl { next } else { 0 };
-    o.u8(1).u8(0).u16(control).u32(owner).u32(group).u32(0).u32(dacl);
+    o.u8(1)
+        .u8(0)
+        .u16(control)
+        .u32(owner)
+        .u32(group)
+        .u32(0)
+        .u32(dacl);
     if want_owner {
         o.bytes(&everyone);
     }
@@ -452,7 +484,13 @@ mod tests {
     fn unknown_classes_are_refused() {
         assert!(encode_fs(99, &FsSpace::default(), false, 0).is_none());
         let st = FileStat::default();
-        let open = OpenInfo { access: 0, position: 0, mode: 0, delete_pending: false, name: "" };
+        let open = OpenInfo {
+            access: 0,
+            position: 0,
+            mode: 0,
+            delete_pending: false,
+            name: "",
+        };
         assert!(encode_file(FileClass::from(200), &st, &open).is_none());
     }
 

@@ -124,7 +124,10 @@ mod tests {
 
     #[test]
     fn dot_dot_component_is_refused() {
-        assert_eq!(SharePath::parse("a\\..\\..\\etc"), Err(NtStatus::ObjectNameInvalid));
+        assert_eq!(
+            SharePath::parse("a\\..\\..\\etc"),
+            Err(NtStatus::ObjectNameInvalid)
+        );
         assert_eq!(SharePath::parse(".."), Err(NtStatus::ObjectNameInvalid));
     }
 
@@ -137,8 +140,14 @@ mod tests {
 
     #[test]
     fn stream_names_are_refused_but_default_stream_is_the_file() {
-        assert_eq!(SharePath::parse("f.txt:secret"), Err(NtStatus::ObjectNameInvalid));
-        assert_eq!(SharePath::parse("f.txt::$DATA").unwrap().host(), PathBuf::from("f.txt"));
+        assert_eq!(
+            SharePath::parse("f.txt:secret"),
+            Err(NtStatus::ObjectNameInvalid)
+        );
+        assert_eq!(
+            SharePath::parse("f.txt::$DATA").unwrap().host(),
+            PathBuf::from("f.txt")
+        );
     }
 
     #[test]

@@ -83,7 +83,11 @@ impl Share {
                 continue;
             }
             let parent: std::path::PathBuf = p.components()[..i].iter().collect();
-            let parent = if i == 0 { Path::new(".").to_path_buf() } else { parent };
+            let parent = if i == 0 {
+                Path::new(".").to_path_buf()
+            } else {
+                parent
+            };
             let Ok(entries) = self.root.read_dir(&parent) else {
                 return;
             };

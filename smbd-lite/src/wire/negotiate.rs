@@ -201,7 +201,11 @@ mod tests {
 
     fn request(dialects: &[u16]) -> Vec<u8> {
         let mut o = Out::default();
-        o.zeros(HEADER_LEN).u16(36).u16(u16_len(dialects.len())).u16(1).u16(0);
+        o.zeros(HEADER_LEN)
+            .u16(36)
+            .u16(u16_len(dialects.len()))
+            .u16(1)
+            .u16(0);
         o.u32(0).zeros(16).u32(0).u16(0).u16(0);
         for d in dialects {
             o.u16(*d);

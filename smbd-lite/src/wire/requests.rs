@@ -447,7 +447,13 @@ mod tests {
     #[test]
     fn write_whose_data_runs_past_the_message_is_rejected() {
         let mut o = Out::default();
-        o.u16(49).u16(112).u32(1000).u64(0).zeros(16).zeros(16).u8(0);
+        o.u16(49)
+            .u16(112)
+            .u32(1000)
+            .u64(0)
+            .zeros(16)
+            .zeros(16)
+            .u8(0);
         let m = with_header(&o.0);
         assert!(Request::parse(Command::Write, &m).is_err());
     }

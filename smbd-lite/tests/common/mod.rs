@@ -1,6 +1,8 @@
 //! Test helpers: a raw SMB2 client driving `Connection` directly, and
 //! helpers to run the server on loopback for external tools.
 #![allow(dead_code)]
+// Test message builders: every length here is small by construction.
+#![allow(clippy::cast_possible_truncation)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,14 +63,21 @@ impl Shares {
     pub fn config(&self) -> Config {
         Config {
             shares: vec![
-                ShareConfig { name: "xchg".into(), path: self.rw.clone(), read_only: false },
-                ShareConfig { name: "store".into(), path: self.ro.clone(), read_only: true },
+                ShareConfig {
+                    name: "xchg".into(),
+                    path: self.rw.clone(),
+                    read_only: false,
+                },
+                ShareConfig {
+                    name: "store".into(),
+                    path: self.ro.clone(),
+                    read_only: true,
+                },
             ],
             ..Config::default()
         }
     }
 }
-
 
 /// A synchronous SMB2 client talking to a `Connection` in memory.
 pub struct Client {
@@ -222,8 +231,16 @@ impl Client {
     }
 
     pub fn on(server: Arc<Server>) -> Self {
-        let mut c = Self { conn: Connection::new(server), msg_id: 0, session: 0, tree: 0 };
-        let r = c.call(Command::Negotiate, &negotiate_body(&[0x0202, 0x0210, 0x0300, 0x0311]));
+        let mut c = Self {
+            conn: Connection::new(server),
+            msg_id: 0,
+            session: 0,
+            tree: 0,
+        };
+        let r = c.call(
+            Command::Negotiate,
+            &negotiate_body(&[0x0202, 0x0210, 0x0300, 0x0311]),
+        );
         assert_eq!(r.status, status::SUCCESS);
         c.login();
         c
@@ -231,10 +248,16 @@ impl Client {
 
     pub fn login(&mut self) -> u64 {
         self.session = 0;
-        let r = self.call(Command::SessionSetup, &session_setup_body(&ntlm_negotiate()));
+        let r = self.call(
+            Command::SessionSetup,
+            &session_setup_body(&ntlm_negotiate()),
+        );
         assert_eq!(r.status, status::MORE_PROCESSING);
         self.session = r.header.session_id;
-        let r = self.call(Command::SessionSetup, &session_setup_body(&ntlm_anonymous()));
+        let r = self.call(
+            Command::SessionSetup,
+            &session_setup_body(&ntlm_anonymous()),
+        );
         assert_eq!(r.status, status::SUCCESS);
         self.session
     }
@@ -244,9 +267,17 @@ impl Client {
         let mut m = header(cmd, self.msg_id, self.session, self.tree);
         self.msg_id += 1;
         m.extend_from_slice(body);
-        let reply = self.conn.handle_frame(&m).expect("connection kept").expect("a reply");
+        let reply = self
+            .conn
+            .handle_frame(&m)
+            .expect("connection kept")
+            .expect("a reply");
         let header = Header::parse(&reply).unwrap();
-        Resp { status: header.status, header, body: reply[64..].to_vec() }
+        Resp {
+            status: header.status,
+            header,
+            body: reply[64..].to_vec(),
+        }
     }
 
     /// Sends raw bytes as one frame.
@@ -282,8 +313,17 @@ impl Client {
     }
 
     /// CREATE; returns status and FileId.
-    pub fn create(&mut self, name: &str, access: u32, disposition: u32, options: u32) -> (u32, [u8; 16]) {
-        let r = self.call(Command::Create, &create_body(name, access, disposition, options));
+    pub fn create(
+        &mut self,
+        name: &str,
+        access: u32,
+        disposition: u32,
+        options: u32,
+    ) -> (u32, [u8; 16]) {
+        let r = self.call(
+            Command::Create,
+            &create_body(name, access, disposition, options),
+        );
         let mut fid = [0u8; 16];
         if r.status == 0 {
             fid.copy_from_slice(&r.body[64..80]);
@@ -399,7 +439,10 @@ impl Client {
                 let next = le32(data, off) as usize;
                 let len = le32(data, off + 8) as usize;
                 let raw = &data[off + 12..off + 12 + len];
-                let units: Vec<u16> = raw.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+                let units: Vec<u16> = raw
+                    .chunks(2)
+                    .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                    .collect();
                 names.push(String::from_utf16(&units).unwrap());
                 if next == 0 {
                     break;
@@ -414,7 +457,9 @@ impl Client {
 /// is missing outside CI; panics under CI=true.
 pub fn require_tool(name: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join(name)).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
     });
     if found.is_none() {
         let reason = format!("{name} is not installed (apt-get install smbclient samba-testsuite)");
@@ -433,7 +478,10 @@ pub fn spawn_server(config: Config) -> u16 {
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let l = tokio::net::TcpListener::from_std(listener).unwrap();
             let _ = smbd_lite::server::listen(server, l).await;
@@ -443,7 +491,13 @@ pub fn spawn_server(config: Config) -> u16 {
 }
 
 /// Runs smbclient against `//127.0.0.1/share`; returns (success, output).
-pub fn smbclient(tool: &Path, port: u16, share: &str, extra: &[&str], cmds: &str) -> (bool, String) {
+pub fn smbclient(
+    tool: &Path,
+    port: u16,
+    share: &str,
+    extra: &[&str],
+    cmds: &str,
+) -> (bool, String) {
     let out = std::process::Command::new(tool)
         .arg(format!("//127.0.0.1/{share}"))
         .args(["-p", &port.to_string()])
@@ -451,6 +505,10 @@ pub fn smbclient(tool: &Path, port: u16, share: &str, extra: &[&str], cmds: &str
         .args(["-c", cmds])
         .output()
         .expect("run smbclient");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
