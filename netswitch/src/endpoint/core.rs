@@ -15,15 +15,20 @@ use std::net::Ipv4Addr;
 use smoltcp::iface::{
     Config, Interface, PollIngressSingleResult, PollResult, SocketHandle, SocketSet,
 };
-use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::socket::{tcp, AnySocket};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
-    EthernetRepr, HardwareAddress, IpCidr, IpEndpoint, IpProtocol, Ipv4Cidr, Ipv4Packet, TcpPacket,
+    EthernetRepr, HardwareAddress, IpCidr, IpEndpoint, Ipv4Cidr, Ipv4Packet,
 };
 
 use crate::switch::{MacAddr, ETHERNET_HEADER_LEN, MAX_MTU, MIN_MTU};
+
+mod device;
+mod screen;
+
+use self::device::QueueDevice;
+use self::screen::{screen_syn, SynScreen};
 
 /// Frames waiting to enter the interface at most.
 pub const RX_QUEUE_CAP: usize = 256;
@@ -205,154 +210,6 @@ struct Orphan {
     deadline: Instant,
     /// Reaps seen since the socket was aborted (its RST goes out between).
     aborted_reaps: Option<u8>,
-}
-
-/// smoltcp device made of two bounded frame queues.
-#[derive(Debug)]
-struct QueueDevice {
-    rx: VecDeque<Vec<u8>>,
-    tx: VecDeque<Vec<u8>>,
-    pool: Vec<Vec<u8>>,
-    max_frame_len: usize,
-    transmitted: u64,
-}
-
-#[derive(Debug)]
-struct RxFrame(Vec<u8>);
-
-#[derive(Debug)]
-struct TxSlot<'a> {
-    tx: &'a mut VecDeque<Vec<u8>>,
-    pool: &'a mut Vec<Vec<u8>>,
-    transmitted: &'a mut u64,
-}
-
-impl phy::RxToken for RxFrame {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
-    }
-}
-
-impl phy::TxToken for TxSlot<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut buffer = self.pool.pop().unwrap_or_default();
-        buffer.resize(len, 0);
-        let result = f(&mut buffer);
-        self.tx.push_back(buffer);
-        *self.transmitted += 1;
-        result
-    }
-}
-
-impl phy::Device for QueueDevice {
-    type RxToken<'a> = RxFrame;
-    type TxToken<'a> = TxSlot<'a>;
-
-    fn receive(&mut self, _now: Instant) -> Option<(RxFrame, TxSlot<'_>)> {
-        if self.tx.len() >= TX_QUEUE_CAP {
-            return None;
-        }
-        let frame = self.rx.pop_front()?;
-        Some((
-            RxFrame(frame),
-            TxSlot {
-                tx: &mut self.tx,
-                pool: &mut self.pool,
-                transmitted: &mut self.transmitted,
-            },
-        ))
-    }
-
-    fn transmit(&mut self, _now: Instant) -> Option<TxSlot<'_>> {
-        (self.tx.len() < TX_QUEUE_CAP).then_some(TxSlot {
-            tx: &mut self.tx,
-            pool: &mut self.pool,
-            transmitted: &mut self.transmitted,
-        })
-    }
-
-    fn capabilities(&self) -> DeviceCapabilities {
-        let mut caps = DeviceCapabilities::default();
-        caps.medium = Medium::Ethernet;
-        // smoltcp's Ethernet MTU counts the header: MTU 1500 is 1514 here,
-        // giving IP packets of 1500 bytes and a TCP MSS of 1460.
-        caps.max_transmission_unit = self.max_frame_len;
-        caps.checksum = ChecksumCapabilities::default();
-        caps
-    }
-}
-
-/// What to do with an incoming segment before smoltcp sees it.
-#[derive(Debug, PartialEq, Eq)]
-enum SynScreen {
-    /// Not a SYN needing care: hand it to smoltcp.
-    Pass,
-    /// Drop a SYN silently; the peer retries it.
-    Drop(&'static str),
-    /// A SYN reusing the 4-tuple of a connection we consider open: the peer
-    /// lost that connection (it restarted or was revived), so abort ours
-    /// and let a listener take the SYN.
-    Replace(SocketHandle),
-}
-
-/// smoltcp hands a SYN to the first socket that accepts it, and a LISTEN
-/// socket accepts any SYN for its port: a retransmitted SYN could create a
-/// second half-open connection with the same 4-tuple, and a SYN reusing an
-/// old connection's 4-tuple could land on the old socket. A SYN for a
-/// listener with no LISTEN socket left (backlog full) would be reset
-/// instead of dropped. This screen settles all three before smoltcp runs.
-fn screen_syn(
-    frame: &[u8],
-    address: Ipv4Addr,
-    listeners: &[Option<Listener>],
-    sockets: &SocketSet<'static>,
-) -> SynScreen {
-    let Ok(eth) = EthernetFrame::new_checked(frame) else {
-        return SynScreen::Pass;
-    };
-    if eth.ethertype() != EthernetProtocol::Ipv4 {
-        return SynScreen::Pass;
-    }
-    let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
-        return SynScreen::Pass;
-    };
-    if ip.next_header() != IpProtocol::Tcp || ip.dst_addr() != address {
-        return SynScreen::Pass;
-    }
-    let Ok(segment) = TcpPacket::new_checked(ip.payload()) else {
-        return SynScreen::Pass;
-    };
-    if !segment.syn() || segment.ack() || segment.rst() {
-        return SynScreen::Pass;
-    }
-    let remote = IpEndpoint::new(ip.src_addr().into(), segment.src_port());
-    let same_tuple = sockets.iter().find_map(|(handle, socket)| {
-        let socket = tcp::Socket::downcast(socket)?;
-        let local = socket.local_endpoint()?;
-        (local.port == segment.dst_port() && socket.remote_endpoint() == Some(remote))
-            .then_some((handle, socket.state()))
-    });
-    match same_tuple {
-        Some((_, tcp::State::SynReceived)) => return SynScreen::Drop("duplicate SYN"),
-        Some((_, tcp::State::SynSent | tcp::State::Closed | tcp::State::Listen)) => {
-            return SynScreen::Pass
-        }
-        Some((handle, _)) => return SynScreen::Replace(handle),
-        None => {}
-    }
-    let backlog_full = listeners.iter().flatten().any(|listener| {
-        listener.port == segment.dst_port()
-            && !listener
-                .waiting
-                .iter()
-                .any(|&h| sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen)
-    });
-    if backlog_full {
-        // Dropped, not reset: the client retries its SYN later, as with a
-        // full backlog on any TCP stack.
-        return SynScreen::Drop("listener backlog full");
-    }
-    SynScreen::Pass
 }
 
 /// The sans-IO host endpoint. See the module docs.

@@ -2,9 +2,10 @@
 //! and a simulated clock.
 
 use super::*;
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetRepr, Icmpv4Packet, Icmpv4Repr, Ipv4Repr, TcpControl,
-    TcpRepr, TcpSeqNumber,
+    ArpOperation, ArpPacket, ArpRepr, EthernetRepr, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Repr,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
 const GUEST_MAC: MacAddr = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
