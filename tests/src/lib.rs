@@ -49,3 +49,22 @@ pub fn require_kvm() -> bool {
         }
     }
 }
+
+/// The `vmm` binary built alongside the running test executable
+/// (`target/<profile>/vmm`, the test being `target/<profile>/deps/NAME`).
+pub fn vmm_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("vmm");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (cargo build -p vmm)",
+        bin.display()
+    );
+    bin
+}
+
+pub mod guest;

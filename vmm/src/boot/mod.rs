@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(entry, layout::HIMEM_START + ENTRY_64_OFFSET);
         let zp: boot_params = mem.read_obj(GuestAddress(layout::ZERO_PAGE_START)).unwrap();
         assert_eq!(zp.hdr.type_of_loader, 0xff);
-        assert_eq!(zp.hdr.ramdisk_size, 12345);
+        assert_eq!({ zp.hdr.ramdisk_size }, 12345);
         let rd = u64::from(zp.hdr.ramdisk_image);
         assert!(rd >= layout::HIMEM_START + 0x20_0000);
         assert!(rd + 12345 <= layout.low_ram_end());
@@ -344,7 +344,7 @@ mod tests {
         mem.read_slice(&mut cmd, GuestAddress(layout::CMDLINE_START))
             .unwrap();
         assert_eq!(&cmd, b"console=ttyS0 panic=-1\0");
-        assert_eq!(zp.acpi_rsdp_addr, layout::ACPI_START);
+        assert_eq!({ zp.acpi_rsdp_addr }, layout::ACPI_START);
         assert_eq!(usize::from(zp.e820_entries), layout.e820().len());
         assert_eq!({ zp.e820_table[3].addr }, layout::HIMEM_START);
         assert_eq!(zp.sentinel, 0);
