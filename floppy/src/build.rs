@@ -93,6 +93,9 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// A host name that is not UTF-8, so it has no FAT long name.
+    #[error("{} has a name that is not UTF-8; rename it", .0.display())]
+    NotUtf8(PathBuf),
     /// A host path that is neither a regular file nor a folder.
     #[error("{} is not a regular file or folder", .0.display())]
     Special(PathBuf),
@@ -234,7 +237,10 @@ impl ImageBuilder {
         }
         children.sort();
         for child in children {
-            let child_name = child.to_string_lossy().into_owned();
+            let child_name = child
+                .to_str()
+                .ok_or_else(|| BuildError::NotUtf8(src.join(&child)))?
+                .to_owned();
             let mut sub = parts.to_vec();
             sub.push(child_name);
             let shown = sub.join("/");
@@ -640,6 +646,19 @@ mod tests {
         let e = b.add_bytes("dir/bad:name", vec![]).unwrap_err();
         let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
         assert!(chain.contains("\"bad:name\""), "{chain}");
+    }
+
+    #[test]
+    fn host_names_that_are_not_utf8_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("floppy-utf8-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.txt"));
+        std::fs::write(&bad, b"x").unwrap();
+        let mut b = ImageBuilder::new(Format::F1440);
+        let e = b.add_path(&dir, "").unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(e, BuildError::NotUtf8(p) if p == bad));
     }
 
     #[test]
