@@ -60,7 +60,7 @@ pub fn build(out: &Path, debs: &Path) -> Result<BuildReport, GuestError> {
         .find(|d| d.starts_with("linux-image-"))
         .ok_or_else(|| GuestError::NoKernelImage(KERNEL_META.into()))?;
     let image = apt::show(image_name)?;
-    let (kernel, modules) = unpack_kernel(&image, debs, &mut report)?;
+    let (kernel, kver, modules) = unpack_kernel(&image, debs, &mut report)?;
     let plan = modules.plan(&MODULES)?;
 
     let busybox_info = apt::show(BUSYBOX_PACKAGE)?;
@@ -98,6 +98,10 @@ pub fn build(out: &Path, debs: &Path) -> Result<BuildReport, GuestError> {
             archive.insert(interp, 0o777, Kind::Symlink(target));
         }
     }
+    let module_dir = format!("{}/{kver}", init::MODULE_DIR);
+    // busybox's modprobe needs a modules.dep; /init names every module in
+    // load order, so each entry lists no dependencies.
+    let mut modules_dep = String::new();
     for load in &plan.order {
         let module = modules
             .get(&load.name)
@@ -105,11 +109,14 @@ pub fn build(out: &Path, debs: &Path) -> Result<BuildReport, GuestError> {
                 package: image.name.clone(),
                 path: format!("{}.ko", load.name),
             })?;
-        let path = format!("{}/{}.ko", init::MODULE_DIR, load.name);
+        let path = format!("{module_dir}/{}.ko", load.name);
         archive.insert(&path, 0o644, Kind::File(module.data.clone()));
+        modules_dep.push_str(&format!("{}.ko:\n", load.name));
     }
+    let dep_path = format!("{module_dir}/modules.dep");
+    archive.insert(&dep_path, 0o644, Kind::File(modules_dep.into_bytes()));
     let builtin: String = modules.builtin().iter().map(|n| format!("{n}\n")).collect();
-    let builtin_path = format!("{}/builtin", init::MODULE_DIR);
+    let builtin_path = format!("{module_dir}/builtin");
     archive.insert(&builtin_path, 0o644, Kind::File(builtin.into_bytes()));
     archive.insert(
         "init",
@@ -160,12 +167,13 @@ fn file<'a>(tree: &'a Tree, package: &str, path: &str) -> Result<&'a [u8], Guest
         })
 }
 
-/// The bzImage and every module of the kernel image package.
+/// The bzImage, the kernel version (its folder under `lib/modules`) and
+/// every module of the kernel image package.
 fn unpack_kernel(
     image: &PackageInfo,
     debs: &Path,
     report: &mut BuildReport,
-) -> Result<(Vec<u8>, ModuleSet), GuestError> {
+) -> Result<(Vec<u8>, String, ModuleSet), GuestError> {
     let tree = unpack(image, debs, report, |p| {
         p.starts_with("boot/vmlinuz-")
             || (p.starts_with("lib/modules/")
@@ -174,6 +182,7 @@ fn unpack_kernel(
                     || p.ends_with("/modules.builtin")))
     })?;
     let mut kernel = None;
+    let mut kver = None;
     let mut modules = ModuleSet::default();
     for (path, node) in tree.into_nodes() {
         let Node::File { data, .. } = node else {
@@ -183,6 +192,7 @@ fn unpack_kernel(
         if path.starts_with("boot/vmlinuz-") {
             kernel = Some(data);
         } else if name == "modules.builtin" {
+            kver = path.split('/').nth(2).map(str::to_string);
             modules.add_builtin_list(&String::from_utf8_lossy(&data));
         } else if name == "modules.builtin.modinfo" {
             modules.add_builtin_modinfo(&data);
@@ -196,7 +206,11 @@ fn unpack_kernel(
         package: image.name.clone(),
         path: "boot/vmlinuz-*".into(),
     })?;
-    Ok((kernel, modules))
+    let kver = kver.ok_or_else(|| GuestError::MissingFile {
+        package: image.name.clone(),
+        path: "lib/modules/*/modules.builtin".into(),
+    })?;
+    Ok((kernel, kver, modules))
 }
 
 /// `virtio_net` for `virtio_net.ko`, `.ko.xz`, `.ko.zst` or `.ko.gz`.

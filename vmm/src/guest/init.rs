@@ -15,7 +15,8 @@ use super::{DEFAULT_ADDR, EXIT_MARKER_PREFIX, READY_MARKER};
 
 /// Path of the guest's dropbear host key.
 pub const HOST_KEY_PATH: &str = "etc/dropbear/dropbear_ed25519_host_key";
-/// Folder of the module files (`NAME.ko`) in the initrd.
+/// Folder holding one folder per kernel version, with the module files
+/// (`NAME.ko`) and a `modules.dep` for busybox's modprobe.
 pub const MODULE_DIR: &str = "lib/modules";
 
 /// The `/init` script loading `modules` in the given order.
@@ -30,15 +31,26 @@ pub fn script(modules: &[Load]) -> String {
          mount -t devtmpfs devtmpfs /dev\n\
          mkdir -p /dev/pts\n\
          mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts\n\
-         # Modules in dependency order; only failures of required ones are reported\n\
-         # (optional ones, such as CPU-specific crypto drivers, may not apply).\n\
-         m() {\n\
-         \tinsmod /lib/modules/$1.ko 2>/dev/null || [ -z \"$2\" ] || echo \"vmm-guest: cannot load module $1\"\n\
-         }\n",
+         # Modules in dependency order, all in one busybox process (a process\n\
+         # costs much in a nested VM); only failures of required ones are reported\n\
+         # (optional ones, such as CPU-specific crypto drivers, may not apply).\n",
     );
-    for load in modules {
-        let flag = if load.required { " required" } else { "" };
-        s.push_str(&format!("m {}{flag}\n", load.name));
+    let names: Vec<&str> = modules.iter().map(|l| l.name.as_str()).collect();
+    if !names.is_empty() {
+        s.push_str(&format!("modprobe -q -a {} 2>/dev/null\n", names.join(" ")));
+    }
+    let required: Vec<&str> = modules
+        .iter()
+        .filter(|l| l.required)
+        .map(|l| l.name.as_str())
+        .collect();
+    if !required.is_empty() {
+        s.push_str(&format!(
+            "for m in {}; do\n\
+             \t[ -d /sys/module/$m ] || echo \"vmm-guest: cannot load module $m\"\n\
+             done\n",
+            required.join(" ")
+        ));
     }
     s.push_str(&format!(
         "echo \"{READY_MARKER}\"\n\
@@ -76,10 +88,9 @@ mod tests {
                 required: true,
             },
         ]);
-        let gcm = s.find("\nm gcm\n").unwrap();
-        let cifs = s.find("\nm cifs required\n").unwrap();
-        assert!(gcm < cifs);
-        assert!(cifs < s.find(READY_MARKER).unwrap());
+        assert!(s.contains("\nmodprobe -q -a gcm cifs 2>/dev/null\n"));
+        assert!(s.contains("\nfor m in cifs; do\n"));
+        assert!(s.find("for m in").unwrap() < s.find(READY_MARKER).unwrap());
     }
 
     #[test]

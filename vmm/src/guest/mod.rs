@@ -46,8 +46,9 @@ pub const MODULES: [&str; 9] = [
     "nls_ascii",
     "nls_iso8859_1",
 ];
-/// Path of the module files inside the initrd (`NAME.ko`), plus a
-/// `builtin` file naming the modules built into the kernel.
+/// Folder of the module folders inside the initrd: `lib/modules/KVER/`
+/// holds the module files (`NAME.ko`), a `modules.dep` for busybox's
+/// modprobe and a `builtin` file naming the modules built into the kernel.
 pub const INITRD_MODULE_DIR: &str = init::MODULE_DIR;
 /// Upper bound for the kit's unpacked initrd, for readers of it.
 pub const MAX_INITRD_UNPACKED: usize = 256 << 20;
