@@ -16,5 +16,6 @@ pub mod devices;
 pub mod guest;
 pub mod kvm;
 pub mod layout;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

@@ -29,6 +29,10 @@ enum Command {
     Floppy(commands::floppy::FloppyArgs),
     /// Run the built-in SMB2/3 server on a TCP port.
     Smbd(commands::smbd::SmbdArgs),
+    /// Resume a snapshot taken by `vmm boot --snapshot-to`.
+    Revive(commands::revive::ReviveArgs),
+    /// Check a snapshot (`vmm snapshot verify DIR`).
+    Snapshot(commands::snapshot::SnapshotCmdArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
         Command::Guest(args) => commands::guest::run(args),
         Command::Floppy(args) => commands::floppy::run(args),
         Command::Smbd(args) => commands::smbd::run(args),
+        Command::Revive(args) => commands::revive::run(args),
+        Command::Snapshot(args) => commands::snapshot::run(args),
     };
     match result {
         Ok(code) => code,

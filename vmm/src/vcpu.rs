@@ -9,7 +9,8 @@
 //! out of `KVM_RUN` with a signal.
 //!
 //! Limitations:
-//! - No pause/resume yet (snapshots add a Paused state).
+//! - Pausing means stopping: [`StopReason::Paused`] ends the threads and
+//!   [`stop_all`] hands the vCPUs back for a snapshot.
 //! - x86_64 only.
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -38,6 +39,8 @@ pub enum StopReason {
     TripleFault,
     /// KVM or the VMM failed; the text says how.
     InternalError(String),
+    /// Stopped on request so a snapshot can be taken; the guest is intact.
+    Paused,
 }
 
 /// The first stop request wins; waiters are woken once.
@@ -297,17 +300,36 @@ impl Vcpu {
         Ok(Self { index, fd })
     }
 
-    /// Runs the vCPU on its own thread until the VM stops.
+    /// Wraps vCPU `index` whose state the caller set (a revive).
+    pub fn from_fd(index: u8, fd: VcpuFd) -> Self {
+        Self { index, fd }
+    }
+
+    /// The vCPU's index (and APIC ID).
+    pub fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The KVM vCPU, for saving or restoring its state while it is stopped.
+    pub fn fd(&mut self) -> &mut VcpuFd {
+        &mut self.fd
+    }
+
+    /// Runs the vCPU on its own thread until the VM stops; the thread
+    /// hands the vCPU back (for a snapshot).
     pub fn start(
         mut self,
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         stop: Arc<StopSignal>,
-    ) -> Result<JoinHandle<()>, VcpuError> {
+    ) -> Result<JoinHandle<Vcpu>, VcpuError> {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || self.run_loop(&pio, &mmio, &stop))
+            .spawn(move || {
+                self.run_loop(&pio, &mmio, &stop);
+                self
+            })
             .map_err(|e| VcpuError::Thread(index, e))
     }
 
@@ -352,13 +374,15 @@ pub fn install_kick_handler() -> Result<(), VcpuError> {
     register_signal_handler(kick_signal(), on_kick).map_err(VcpuError::Signal)
 }
 
-/// Kicks every running vCPU thread until all have ended, then joins them.
-pub fn stop_all(threads: Vec<JoinHandle<()>>) {
+/// Kicks every running vCPU thread until all have ended, then joins them
+/// and returns their vCPUs (those whose thread did not panic).
+pub fn stop_all(threads: Vec<JoinHandle<Vcpu>>) -> Vec<Vcpu> {
     let mut left = threads;
+    let mut vcpus = Vec::new();
     while !left.is_empty() {
         let (done, running): (Vec<_>, Vec<_>) = left.into_iter().partition(|t| t.is_finished());
         for t in done {
-            let _ = t.join();
+            vcpus.extend(t.join());
         }
         for t in &running {
             // A thread between its stop check and KVM_RUN misses one kick;
@@ -370,6 +394,8 @@ pub fn stop_all(threads: Vec<JoinHandle<()>>) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
+    vcpus.sort_by_key(|v| v.index);
+    vcpus
 }
 
 #[cfg(test)]

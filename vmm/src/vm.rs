@@ -8,7 +8,8 @@
 //!
 //! Limitations:
 //! - x86_64 only, in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT always on.
-//! - Guest memory is anonymous private memory; it is never resized.
+//! - Guest memory is anonymous private memory; it is never resized and is
+//!   only released when the process exits.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,8 @@ use kvm_bindings::{
     KVM_IRQ_ROUTING_MSI, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bus::Bus;
@@ -46,7 +48,7 @@ pub enum VmError {
     Setup(&'static str, #[source] kvm_ioctls::Error),
     /// Guest memory could not be mapped.
     #[error("Cannot map {0} bytes of guest memory")]
-    Memory(u64, #[source] vm_memory::mmap::FromRangesError),
+    Map(u64, #[source] Option<std::io::Error>),
     /// KVM refused a memory slot.
     #[error("Cannot register guest memory slot {0}")]
     MemorySlot(u32, #[source] kvm_ioctls::Error),
@@ -97,6 +99,17 @@ pub struct Vm {
 impl Vm {
     /// Creates a VM with `layout`'s RAM, the in-kernel irqchip and PIT.
     pub fn new(kvm: &Kvm, layout: MemoryLayout) -> Result<Self, VmError> {
+        let memory = create_memory(&layout)?;
+        Self::with_memory(kvm, layout, memory)
+    }
+
+    /// Like [`Vm::new`] over RAM the caller mapped (a revive maps a
+    /// snapshot's memory file); `memory` must hold `layout`'s RAM ranges.
+    pub fn with_memory(
+        kvm: &Kvm,
+        layout: MemoryLayout,
+        memory: GuestMemoryMmap,
+    ) -> Result<Self, VmError> {
         let fd = kvm.create_vm().map_err(VmError::Create)?;
         fd.set_tss_address(usize::try_from(KVM_TSS_ADDRESS).unwrap_or(usize::MAX))
             .map_err(|e| VmError::Setup("TSS address", e))?;
@@ -109,7 +122,6 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(|e| VmError::Setup("PIT", e))?;
-        let memory = create_memory(&layout)?;
         register_memory(&fd, &memory)?;
         Ok(Self {
             fd: Arc::new(fd),
@@ -213,19 +225,65 @@ impl Vm {
     }
 }
 
-/// Maps `layout`'s RAM (anonymous, private, lazily backed).
+/// Alignment of guest RAM in the host, so 2 MiB guest pages can be 2 MiB
+/// host pages (and huge nested-paging entries).
+const RAM_ALIGN: usize = 2 << 20;
+
+/// Maps `layout`'s RAM: anonymous, private, lazily backed, 2 MiB aligned
+/// and marked for transparent huge pages.
 fn create_memory(layout: &MemoryLayout) -> Result<GuestMemoryMmap, VmError> {
-    let ranges: Vec<(GuestAddress, usize)> = layout
-        .ram_ranges()
-        .into_iter()
-        .map(|(start, len)| {
-            (
-                GuestAddress(start),
-                usize::try_from(len).unwrap_or(usize::MAX),
-            )
-        })
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmError::Memory(layout.mem_size(), e))
+    let mut regions = Vec::new();
+    for (start, len) in layout.ram_ranges() {
+        let len = usize::try_from(len).map_err(|_| VmError::Map(layout.mem_size(), None))?;
+        let mapping = map_ram(len).map_err(|e| VmError::Map(layout.mem_size(), Some(e)))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(start))
+            .ok_or(VmError::Map(layout.mem_size(), None))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|_| VmError::Map(layout.mem_size(), None))
+}
+
+/// One 2 MiB-aligned anonymous mapping of `len` bytes.
+///
+/// The mapping is never unmapped: clones of the guest memory may be held
+/// by device threads for the life of the process.
+fn map_ram(len: usize) -> Result<MmapRegion<()>, std::io::Error> {
+    let padded = len
+        .checked_add(RAM_ALIGN)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    // SAFETY: a fresh anonymous mapping at an address of the kernel's
+    // choosing; no existing memory is affected.
+    let raw = unsafe { libc::mmap(std::ptr::null_mut(), padded, prot, flags, -1, 0) };
+    if raw == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    let base = raw as usize;
+    let aligned = base.next_multiple_of(RAM_ALIGN);
+    let head = aligned - base;
+    let tail = padded - head - len;
+    if head > 0 {
+        // SAFETY: [base, aligned) is the unused head of our own mapping.
+        unsafe { libc::munmap(raw, head) };
+    }
+    if tail > 0 {
+        // SAFETY: the tail past aligned + len is the unused end of our own
+        // mapping.
+        unsafe { libc::munmap((aligned + len) as *mut libc::c_void, tail) };
+    }
+    // SAFETY: advice on our own mapping; failure (no THP) is harmless.
+    unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    // SAFETY: `aligned` starts a live, page-aligned read/write mapping of
+    // `len` bytes that nothing else owns and that is never unmapped.
+    let builder = unsafe {
+        MmapRegionBuilder::new(len).with_raw_mmap_pointer(aligned as *mut u8)
+    };
+    builder
+        .with_mmap_prot(prot)
+        .with_mmap_flags(flags)
+        .build()
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 fn register_memory(fd: &VmFd, memory: &GuestMemoryMmap) -> Result<(), VmError> {

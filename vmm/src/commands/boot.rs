@@ -22,6 +22,7 @@ use vmm::boot::{self, LinuxBoot};
 use vmm::console::{self, Console};
 use vmm::devices::legacy::{i8042::I8042, pm::Pm, serial::Serial, SystemControl};
 use vmm::layout::{self, MemoryLayout};
+use vmm::snapshot::LegacyDevices;
 use vmm::vcpu::{self, StopReason, StopSignal, Vcpu, VcpuConfig};
 use vmm::vm::Vm;
 use vmm::{acpi, kvm};
@@ -76,6 +77,8 @@ pub struct BootArgs {
     /// cow = writes go to a throwaway overlay, cow=OVERLAY = kept there
     #[arg(long = "disk", value_name = "PATH[,ro|,cow[=OVERLAY]]")]
     disks: Vec<vmm::devices::virtio::blk::DiskSpec>,
+    #[command(flatten)]
+    snapshot: super::snapshot::BootSnapshotArgs,
 }
 
 /// Runs `vmm boot`.
@@ -93,6 +96,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     let mem_size = parse_size(&args.mem)?;
     let layout = MemoryLayout::new(mem_size).with_context(|| format!("--mem {}", args.mem))?;
     check_host_memory(mem_size)?;
+    args.snapshot.check(args.disks.len())?;
     let sys_modules = std::env::var_os(SYS_MODULE_DIR_ENV)
         .map_or_else(|| PathBuf::from(kvm::SYS_MODULE_DIR), PathBuf::from);
     let kvm = kvm::open(&args.kvm_device, &sys_modules)?;
@@ -115,7 +119,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(std::io::stdout()),
     };
     let console = Console::spawn(out, console::DEFAULT_CAPACITY).context("Cannot start console")?;
-    add_legacy_devices(&vm, &console, stop.clone())?;
+    let serial_out = args.snapshot.serial_out(console.writer(), &stop);
+    let legacy = add_legacy_devices(&vm, serial_out, stop.clone())?;
     let rsdp = acpi::write_tables(vm.memory(), &layout, usize::from(args.cpus))?;
     let entry = boot::load_linux(
         vm.memory(),
@@ -129,7 +134,11 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     )?;
     let threads = start_vcpus(&kvm, &vm, args.cpus, entry, &stop)?;
     let reason = stop.wait();
-    vcpu::stop_all(threads);
+    let mut vcpus = vcpu::stop_all(threads);
+    if reason == StopReason::Paused {
+        args.snapshot
+            .save(&kvm, &vm, &mut vcpus, &legacy, &cmdline)?;
+    }
     let dropped = console.finish(Duration::from_secs(2));
     if dropped > 0 {
         tracing::warn!(
@@ -146,7 +155,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
 /// The status `vmm boot` exits with for `reason`.
 pub fn exit_code(reason: &StopReason) -> ExitCode {
     match reason {
-        StopReason::PowerOff => ExitCode::SUCCESS,
+        StopReason::PowerOff | StopReason::Paused => ExitCode::SUCCESS,
         StopReason::Reset => ExitCode::from(EXIT_RESET),
         StopReason::TripleFault => ExitCode::from(EXIT_TRIPLE_FAULT),
         StopReason::InternalError(text) => {
@@ -230,33 +239,32 @@ fn check_host_memory(mem_size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn add_legacy_devices(vm: &Vm, console: &Console, stop: Arc<StopSignal>) -> anyhow::Result<()> {
+/// Adds COM1 (writing to `serial_out`), the i8042 and the PM block, and
+/// returns them (a snapshot saves their registers).
+fn add_legacy_devices(
+    vm: &Vm,
+    serial_out: Box<dyn Write + Send>,
+    stop: Arc<StopSignal>,
+) -> anyhow::Result<LegacyDevices> {
     let control: Arc<dyn SystemControl> = stop;
-    let serial = Serial::new(
-        Box::new(vm.irq_line(layout::COM1_GSI)?),
-        Box::new(console.writer()),
-    );
-    vm.pio_bus().insert(
-        Arc::new(Mutex::new(serial)),
-        u64::from(layout::COM1_PORT),
-        8,
-    )?;
+    let serial = Serial::new(Box::new(vm.irq_line(layout::COM1_GSI)?), serial_out);
+    let serial = Arc::new(Mutex::new(serial));
+    vm.pio_bus()
+        .insert(serial.clone(), u64::from(layout::COM1_PORT), 8)?;
     let i8042 = I8042::new(
         Box::new(vm.irq_line(layout::I8042_KBD_GSI)?),
         control.clone(),
     );
+    let i8042 = Arc::new(Mutex::new(i8042));
+    vm.pio_bus()
+        .insert(i8042.clone(), u64::from(layout::I8042_PORT), 5)?;
+    let pm = Arc::new(Mutex::new(Pm::new(control)));
     vm.pio_bus().insert(
-        Arc::new(Mutex::new(i8042)),
-        u64::from(layout::I8042_PORT),
-        5,
-    )?;
-    let pm = Pm::new(control);
-    vm.pio_bus().insert(
-        Arc::new(Mutex::new(pm)),
+        pm.clone(),
         u64::from(layout::PM1A_EVT_PORT),
         u64::from(layout::PM_PORTS_LEN),
     )?;
-    Ok(())
+    Ok(LegacyDevices { serial, i8042, pm })
 }
 
 fn start_vcpus(
@@ -265,7 +273,7 @@ fn start_vcpus(
     count: u8,
     entry: u64,
     stop: &Arc<StopSignal>,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+) -> anyhow::Result<Vec<std::thread::JoinHandle<Vcpu>>> {
     let supported = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .context("Cannot read KVM's supported CPUID")?;

@@ -3,4 +3,6 @@
 pub mod boot;
 pub mod guest;
 pub mod floppy;
+pub mod revive;
 pub mod smbd;
+pub mod snapshot;
