@@ -276,9 +276,7 @@ fn map_ram(len: usize) -> Result<MmapRegion<()>, std::io::Error> {
     unsafe { libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
     // SAFETY: `aligned` starts a live, page-aligned read/write mapping of
     // `len` bytes that nothing else owns and that is never unmapped.
-    let builder = unsafe {
-        MmapRegionBuilder::new(len).with_raw_mmap_pointer(aligned as *mut u8)
-    };
+    let builder = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(aligned as *mut u8) };
     builder
         .with_mmap_prot(prot)
         .with_mmap_flags(flags)
