@@ -76,6 +76,11 @@ pub trait VirtioDevice: Send {
         None
     }
 
+    /// [`VirtioDevice::backend_event`] fired while the device cannot move
+    /// data (not started, or needing a reset): clear the event so the
+    /// worker does not spin; the data waits in the backend.
+    fn ack_backend(&mut self) {}
+
     /// [`VirtioDevice::backend_event`] fired, or queues changed: move data.
     fn process_backend(&mut self, _queues: &mut Queues<'_>) -> Result<(), ChainError> {
         Ok(())

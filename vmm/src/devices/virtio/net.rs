@@ -274,6 +274,10 @@ impl VirtioDevice for Net {
         self.backend.rx_event()
     }
 
+    fn ack_backend(&mut self) {
+        self.backend.ack_rx_event();
+    }
+
     fn process_backend(&mut self, queues: &mut Queues<'_>) -> Result<(), ChainError> {
         // Frames left for lack of buffers are taken when the driver posts
         // buffers and notifies the receive queue.

@@ -276,6 +276,7 @@ impl VirtioPci {
     /// [`VirtioDevice::backend_event`]).
     pub fn handle_backend(&mut self) {
         if !self.live() {
+            self.device.ack_backend();
             return;
         }
         let mut queues = Queues::new(&mut self.queues, &self.mem, self.state.driver_features);
