@@ -377,6 +377,9 @@ impl Connection {
         if offset > i64::MAX as u64 {
             return Err(NtStatus::InvalidParameter.into());
         }
+        if self.io_conflicts(open, offset, length as u64, false) {
+            return Err(NtStatus::FileLockConflict.into());
+        }
         let mut body = Vec::with_capacity(16 + length);
         body.extend_from_slice(&[17, 0, 80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         body.resize(16 + length, 0);
@@ -436,7 +439,7 @@ impl Connection {
         if end > i64::MAX as u64 {
             return Err(NtStatus::InvalidParameter.into());
         }
-        if self.conflicts(open, offset, data.len() as u64, true) {
+        if self.io_conflicts(open, offset, data.len() as u64, true) {
             return Err(NtStatus::FileLockConflict.into());
         }
         open.file
@@ -484,14 +487,33 @@ impl Connection {
         }
     }
 
-    /// Whether a range conflicts with locks held by other opens of the same file.
-    fn conflicts(&self, me: &Open, offset: u64, length: u64, exclusive: bool) -> bool {
+    /// Whether I/O on a range meets a lock: any lock of another open for a
+    /// write, or a shared lock of this open; an exclusive lock of another
+    /// open for a read.
+    fn io_conflicts(&self, me: &Open, offset: u64, length: u64, write: bool) -> bool {
         self.opens.values().any(|o| {
+            let mine = std::ptr::eq(o, me);
             o.inode == me.inode
-                && !std::ptr::eq(o, me)
-                && o.locks
-                    .iter()
-                    .any(|l| overlaps(l, offset, length) && (l.exclusive || exclusive))
+                && o.locks.iter().any(|l| {
+                    overlaps(l, offset, length)
+                        && if mine {
+                            write && !l.exclusive
+                        } else {
+                            write || l.exclusive
+                        }
+                })
+        })
+    }
+
+    /// Whether a new lock conflicts: an exclusive one with any overlapping
+    /// lock, a shared one with another open's exclusive lock.
+    fn lock_conflicts(&self, me: &Open, l: &Lock) -> bool {
+        self.opens.values().any(|o| {
+            let mine = std::ptr::eq(o, me);
+            o.inode == me.inode
+                && o.locks.iter().any(|h| {
+                    overlaps(h, l.offset, l.length) && (l.exclusive || (h.exclusive && !mine))
+                })
         })
     }
 
@@ -499,48 +521,48 @@ impl Connection {
         const SHARED: u32 = 1;
         const EXCLUSIVE: u32 = 2;
         const UNLOCK: u32 = 4;
+        const FAIL_IMMEDIATELY: u32 = 0x10;
         let open = self.open(fid, ctx)?;
-        let unlocking = locks[0].flags & UNLOCK != 0;
-        for l in locks {
-            if (l.flags & UNLOCK != 0) != unlocking {
-                return Err(NtStatus::InvalidParameter.into());
-            }
-            let kind = l.flags & (SHARED | EXCLUSIVE | UNLOCK);
-            if !matches!(kind, SHARED | EXCLUSIVE | UNLOCK) {
-                return Err(NtStatus::InvalidParameter.into());
-            }
-            if l.length > 0 && l.offset.checked_add(l.length - 1).is_none() {
-                return Err(NtStatus::Unknown(0xC000_01A1).into()); // INVALID_LOCK_RANGE
-            }
-        }
-        if unlocking {
-            let open = self.open_mut(fid, ctx)?;
+        let Some(first) = locks.first() else {
+            return Err(NtStatus::InvalidParameter.into());
+        };
+        if first.flags & UNLOCK != 0 {
             for l in locks {
+                if l.flags != UNLOCK {
+                    return Err(NtStatus::InvalidParameter.into());
+                }
+                let open = self.open_mut(fid, ctx)?;
                 let pos = open
                     .locks
                     .iter()
-                    .position(|h| h.offset == l.offset && h.length == l.length)
+                    .rposition(|h| h.offset == l.offset && h.length == l.length)
                     .ok_or(Fail::Status(NtStatus::RangeNotLocked))?;
                 open.locks.remove(pos);
             }
             return Ok(Reply::empty4());
         }
-        let mut granted = Vec::new();
+        let mut granted: Vec<Lock> = Vec::new();
         for l in locks {
-            let exclusive = l.flags & EXCLUSIVE != 0;
-            let clash_self = open
-                .locks
-                .iter()
-                .chain(&granted)
-                .any(|h: &Lock| overlaps(h, l.offset, l.length) && (h.exclusive || exclusive));
-            if clash_self || self.conflicts(open, l.offset, l.length, exclusive) {
-                return Err(NtStatus::LockNotGranted.into());
+            let kind = l.flags & !FAIL_IMMEDIATELY;
+            if kind != SHARED && kind != EXCLUSIVE {
+                return Err(NtStatus::InvalidParameter.into());
             }
-            granted.push(Lock {
+            if l.length > 0 && l.offset.checked_add(l.length - 1).is_none() {
+                return Err(NtStatus::Unknown(0xC000_01A1).into()); // INVALID_LOCK_RANGE
+            }
+            let new = Lock {
                 offset: l.offset,
                 length: l.length,
-                exclusive,
-            });
+                exclusive: kind == EXCLUSIVE,
+            };
+            let clash_batch = granted
+                .iter()
+                .any(|h| overlaps(h, new.offset, new.length) && (h.exclusive || new.exclusive));
+            if clash_batch || self.lock_conflicts(open, &new) {
+                // Blocking locks would wait; without async replies they fail now.
+                return Err(NtStatus::LockNotGranted.into());
+            }
+            granted.push(new);
         }
         let open = self.open_mut(fid, ctx)?;
         if open.locks.len() + granted.len() > crate::wire::requests::MAX_LOCKS * 16 {

@@ -243,9 +243,11 @@ impl<'a> Request<'a> {
             }
             Command::Lock => {
                 expect_size(b, 48)?;
-                let count = usize::from(b.u16(o + 2)?);
-                if count == 0 || count > MAX_LOCKS {
-                    return Err(WireError::Invalid("lock count"));
+                // An empty list (or one over the cap) is answered with
+                // INVALID_PARAMETER by the handler, not a dropped connection.
+                let mut count = usize::from(b.u16(o + 2)?);
+                if count > MAX_LOCKS {
+                    count = 0;
                 }
                 let locks = (0..count)
                     .map(|i| {
@@ -475,9 +477,12 @@ mod tests {
     }
 
     #[test]
-    fn lock_count_zero_is_rejected() {
+    fn lock_count_zero_parses_to_an_empty_list() {
         let mut o = Out::default();
         o.u16(48).u16(0).u32(0).zeros(16);
-        assert!(Request::parse(Command::Lock, &with_header(&o.0)).is_err());
+        match Request::parse(Command::Lock, &with_header(&o.0)) {
+            Ok(Request::Lock { locks, .. }) => assert!(locks.is_empty()),
+            other => panic!("{other:?}"),
+        }
     }
 }
