@@ -57,15 +57,16 @@ async fn send_data(stream: &mut (impl AsyncWriteExt + Unpin), total: usize) -> R
 async fn receive_data(
     stream: &mut (impl AsyncReadExt + Unpin),
     pause: bool,
+    max_idle: Duration,
 ) -> Result<(usize, [u8; 32])> {
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 37 * 1024];
     let mut total = 0usize;
     let mut reads = 0u64;
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf))
+        let n = tokio::time::timeout(max_idle, stream.read(&mut buf))
             .await
-            .context("receiver idle for 1 s: TCP stalled")??;
+            .with_context(|| format!("receiver idle for {max_idle:?}: TCP stalled"))??;
         if n == 0 {
             return Ok((total, hash.finalize().into()));
         }
@@ -88,7 +89,12 @@ async fn echo_server(mut stream: TcpStream) -> Result<()> {
 
 /// Sends `total` bytes from a client on one endpoint through an echo
 /// server on another and checks the hash of what comes back.
-async fn echo_round_trip(total: usize, buffer: usize, pause: bool) -> Result<()> {
+async fn echo_round_trip(
+    total: usize,
+    buffer: usize,
+    pause: bool,
+    max_idle: Duration,
+) -> Result<()> {
     let switch = Switch::new(SwitchConfig::default())?;
     // To debug a failure, capture it: NETSWITCH_TEST_PCAP=/tmp/x.pcap.
     if let Ok(path) = std::env::var("NETSWITCH_TEST_PCAP") {
@@ -111,7 +117,7 @@ async fn echo_round_trip(total: usize, buffer: usize, pause: bool) -> Result<()>
         writer.shutdown().await?;
         Ok::<_, anyhow::Error>(hash)
     });
-    let result = receive_data(&mut reader, pause).await;
+    let result = receive_data(&mut reader, pause, max_idle).await;
     if result.is_err() {
         eprintln!("switch: {:?}", switch.counters());
         eprintln!(
@@ -121,6 +127,12 @@ async fn echo_round_trip(total: usize, buffer: usize, pause: bool) -> Result<()>
         eprintln!("host: {host:?} {:?}", host.counters());
         eprintln!("guest: {guest:?} {:?}", guest.counters());
         switch.finish_capture()?;
+        // Tells a deadlock from a starved process: does it move again?
+        let before = (host.counters().rx_frames, guest.counters().rx_frames);
+        let mut buf = vec![0u8; 65536];
+        let more = tokio::time::timeout(Duration::from_secs(3), reader.read(&mut buf)).await;
+        let after = (host.counters().rx_frames, guest.counters().rx_frames);
+        eprintln!("after the stall: frames {before:?} -> {after:?}, read {more:?}");
     }
     let (received, got) = result?;
     let sent = sender.await??;
@@ -136,14 +148,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn echo_of_100_mib_arrives_intact() -> Result<()> {
-        echo_round_trip(100 * MIB, 65535, false).await
+        // Integrity test: idle time is the next test's subject, and this long
+        // debug-build transfer can be starved on a loaded machine.
+        echo_round_trip(100 * MIB, 65535, false, Duration::from_secs(5)).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn small_window_with_pausing_reader_never_stalls() -> Result<()> {
         // PITFALLS Switch 2: a 4 KiB receive buffer goes to zero window while
         // the reader pauses; the reopened window must be announced.
-        echo_round_trip(8 * MIB, 4096, true).await
+        echo_round_trip(8 * MIB, 4096, true, Duration::from_secs(1)).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
