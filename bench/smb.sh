@@ -145,8 +145,8 @@ idle_clients $SAMBA_PORT
 samba_after=$(pss_kib_children $samba_pid)
 lite_conn_kib=$(( (lite_after - lite_before) / CONNS ))
 samba_conn_kib=$(( (samba_after - samba_before) / CONNS ))
-wait_idle_children() { sleep 25; }
-wait_idle_children
+# Let the idle smbclient processes (sleep 30) end before cleanup.
+sleep 25
 
 printf '\n%-28s %12s %12s %8s\n' "benchmark (median of $RUNS)" smbd-lite samba ratio
 for k in put get small_put small_ls small_rm; do
@@ -161,4 +161,5 @@ for k in put get small_put small_ls small_rm; do
     esac
     printf '%-28s %12.3f %12.3f %8.2f\n' "$label" "$l" "$s" "$(echo "$l / $s" | bc -l)"
 done
+echo "idle connections: $CONNS; smbd-lite RSS $lite_before -> $lite_after KiB; Samba children PSS $samba_before -> $samba_after KiB"
 printf '%-28s %12s %12s %8.2f\n' "memory per idle conn (KiB)" "$lite_conn_kib" "$samba_conn_kib" "$(echo "$lite_conn_kib / ($samba_conn_kib + 0.001)" | bc -l)"
