@@ -45,7 +45,10 @@ fn parse_share(spec: &str) -> anyhow::Result<ShareConfig> {
     }
     let path = PathBuf::from(path);
     if !path.is_dir() {
-        bail!("--share {spec:?}: {} is not a directory; create it or fix the path", path.display());
+        bail!(
+            "--share {spec:?}: {} is not a directory; create it or fix the path",
+            path.display()
+        );
     }
     Ok(ShareConfig {
         name: name.to_string(),
