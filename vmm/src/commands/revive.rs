@@ -17,9 +17,9 @@ use clap::Args;
 
 use vmm::console::{self, Console};
 use vmm::devices::legacy::SystemControl;
+use vmm::kvm;
 use vmm::snapshot;
 use vmm::vcpu::{self, StopReason, StopSignal};
-use vmm::kvm;
 
 use super::boot::{exit_code, SYS_MODULE_DIR_ENV};
 
@@ -75,14 +75,8 @@ pub fn run(args: ReviveArgs) -> anyhow::Result<ExitCode> {
     };
     let console = Console::spawn(out, console::DEFAULT_CAPACITY).context("Cannot start console")?;
     let control: Arc<dyn SystemControl> = stop.clone();
-    let mut revived = snapshot::revive(
-        &kvm,
-        &args.dir,
-        state,
-        Box::new(console.writer()),
-        control,
-    )
-    .with_context(|| format!("Cannot revive {}", args.dir.display()))?;
+    let mut revived = snapshot::revive(&kvm, &args.dir, state, Box::new(console.writer()), control)
+        .with_context(|| format!("Cannot revive {}", args.dir.display()))?;
     vcpu::install_kick_handler()?;
     snapshot::mark_clock_paused(&mut revived.vcpus);
     let vm = revived.vm.clone();
@@ -111,7 +105,10 @@ pub fn run(args: ReviveArgs) -> anyhow::Result<ExitCode> {
     vcpu::stop_all(threads);
     let dropped = console.finish(Duration::from_secs(2));
     if dropped > 0 {
-        tracing::warn!(dropped, "console bytes dropped (host not reading fast enough)");
+        tracing::warn!(
+            dropped,
+            "console bytes dropped (host not reading fast enough)"
+        );
     }
     Ok(exit_code(&reason))
 }

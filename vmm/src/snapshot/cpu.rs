@@ -94,11 +94,7 @@ pub fn saveable_msrs(kvm: &Kvm) -> Result<Vec<u32>, SnapshotError> {
 }
 
 /// Saves vCPU `index`, which must not be running.
-pub fn save_vcpu(
-    index: u8,
-    fd: &mut VcpuFd,
-    msr_list: &[u32],
-) -> Result<VcpuState, SnapshotError> {
+pub fn save_vcpu(index: u8, fd: &mut VcpuFd, msr_list: &[u32]) -> Result<VcpuState, SnapshotError> {
     let kvm = |what| move |e| SnapshotError::Kvm(what, e);
     // Finish an I/O instruction whose exit was handled but not completed.
     fd.set_kvm_immediate_exit(1);
@@ -146,9 +142,11 @@ pub fn restore_vcpu(fd: &VcpuFd, state: &VcpuState) -> Result<(), SnapshotError>
                 .map_err(|e| SnapshotError::TscRate(khz, e))?;
         }
     }
-    fd.set_mp_state(state.mp_state).map_err(kvm("set MP state"))?;
+    fd.set_mp_state(state.mp_state)
+        .map_err(kvm("set MP state"))?;
     fd.set_regs(&state.regs).map_err(kvm("set registers"))?;
-    fd.set_sregs(&state.sregs).map_err(kvm("set special registers"))?;
+    fd.set_sregs(&state.sregs)
+        .map_err(kvm("set special registers"))?;
     // SAFETY: the area is a whole `kvm_xsave` (4 KiB); `check_host` refused
     // hosts whose XSAVE state is larger, so KVM reads no further.
     unsafe { fd.set_xsave(&state.xsave) }.map_err(kvm("set XSAVE state"))?;
@@ -172,7 +170,11 @@ pub fn restore_vcpu(fd: &VcpuFd, state: &VcpuState) -> Result<(), SnapshotError>
 /// Saves the PICs, IOAPIC, PIT and kvmclock.
 pub fn save_vm(fd: &VmFd) -> Result<VmState, SnapshotError> {
     let mut irqchips = Vec::new();
-    for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
+    for chip_id in [
+        KVM_IRQCHIP_PIC_MASTER,
+        KVM_IRQCHIP_PIC_SLAVE,
+        KVM_IRQCHIP_IOAPIC,
+    ] {
         let mut chip = kvm_irqchip {
             chip_id,
             ..Default::default()
@@ -345,7 +347,10 @@ mod tests {
         let host = [entry(1, 0, 0b1111_0011, 0)];
         let missing = missing_features(&saved, &host);
         assert_eq!(missing.len(), 2);
-        assert!(missing[0].contains("leaf 0x1.0 ecx bits 0x8"), "{missing:?}");
+        assert!(
+            missing[0].contains("leaf 0x1.0 ecx bits 0x8"),
+            "{missing:?}"
+        );
         assert!(missing[1].contains("0x80000001.0 edx"), "{missing:?}");
         assert!(missing_features(&host, &host).is_empty());
     }

@@ -2,8 +2,9 @@
 //! trigger that pauses a VM for a snapshot.
 //!
 //! The 16550's interrupt is derived again from its registers after a
-//! restore (PITFALLS Snapshot 5): an interrupt pending at the snapshot is
-//! raised once more, since the edge may have been lost with the old VM.
+//! restore (PITFALLS Snapshot 5): vm-superio's `from_state` raises it when
+//! THR-empty or received-data interrupts are enabled and their condition
+//! holds, since the edge may have been lost with the old VM.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -45,11 +46,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// IIR bit 0 clear: an interrupt is pending.
-fn serial_interrupt_pending(regs: &SerialRegisters) -> bool {
-    regs.interrupt_identification & 1 == 0
-}
-
 impl LegacyDevices {
     /// The registers of every device now.
     pub fn state(&self) -> DeviceStates {
@@ -61,17 +57,16 @@ impl LegacyDevices {
     }
 
     /// Rebuilds the devices from `saved` on `vm`'s port bus, the UART
-    /// writing to `out`, and raises the UART's interrupt if its registers
-    /// say one is pending.
+    /// writing to `out` (its interrupt raised again if its registers say
+    /// one is pending).
     pub fn restore(
         vm: &Vm,
         saved: DeviceStates,
         out: Box<dyn Write + Send>,
         control: Arc<dyn SystemControl>,
     ) -> Result<Self, SnapshotError> {
-        let pending = serial_interrupt_pending(&saved.serial);
         let serial_irq = vm.irq_line(layout::COM1_GSI)?;
-        let serial = Serial::from_state(saved.serial, Box::new(serial_irq.clone()), out)
+        let serial = Serial::from_state(saved.serial, Box::new(serial_irq), out)
             .map_err(|e| SnapshotError::Device("serial", e.to_string()))?;
         let i8042 = I8042::from_state(
             saved.i8042,
@@ -96,11 +91,6 @@ impl LegacyDevices {
             u64::from(layout::PM_PORTS_LEN),
         )
         .map_err(bus)?;
-        if pending {
-            if let Err(e) = serial_irq.trigger() {
-                tracing::debug!("serial interrupt not raised again: {e}");
-            }
-        }
         Ok(devices)
     }
 }
@@ -171,13 +161,24 @@ mod tests {
     }
 
     #[test]
-    fn pending_serial_interrupt_is_read_from_iir_bit_zero() {
-        let mut regs = SerialRegisters {
-            interrupt_identification: 0x01,
+    fn a_uart_restored_with_thr_empty_interrupt_pending_raises_its_irq() {
+        use crate::devices::legacy::testing::CountingIrq;
+        let pending = SerialRegisters {
+            interrupt_enable: 0x02,         // THR empty enabled
+            interrupt_identification: 0x02, // THR empty pending
+            line_status: 0x60,              // THR and transmitter empty
             ..Default::default()
         };
-        assert!(!serial_interrupt_pending(&regs));
-        regs.interrupt_identification = 0x02; // THR empty
-        assert!(serial_interrupt_pending(&regs));
+        let irq = CountingIrq::default();
+        Serial::from_state(pending.clone(), Box::new(irq.clone()), Box::new(io::sink())).unwrap();
+        assert_eq!(irq.count(), 1);
+        let quiet = SerialRegisters {
+            interrupt_enable: 0,
+            interrupt_identification: 0x01,
+            ..pending
+        };
+        let irq = CountingIrq::default();
+        Serial::from_state(quiet, Box::new(irq.clone()), Box::new(io::sink())).unwrap();
+        assert_eq!(irq.count(), 0);
     }
 }

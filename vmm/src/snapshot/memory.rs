@@ -122,8 +122,14 @@ pub fn write_sparse(
                     .get_slice(vm_memory::MemoryRegionAddress(pos as u64), n)
                     .map_err(|_| SnapshotError::MemoryRead)?;
                 slice.copy_to(&mut buf[..n]);
-                write_chunk(&file, &buf[..n], file_offset + pos as u64, &mut hasher, &mut data_bytes)
-                    .map_err(io)?;
+                write_chunk(
+                    &file,
+                    &buf[..n],
+                    file_offset + pos as u64,
+                    &mut hasher,
+                    &mut data_bytes,
+                )
+                .map_err(io)?;
             }
             pos += n;
         }
@@ -252,7 +258,8 @@ mod tests {
             .map(|(s, l)| (GuestAddress(s), usize::try_from(l).unwrap()))
             .collect();
         let mem = GuestMemoryMmap::from_ranges(&ranges).unwrap();
-        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
         mem.write_obj(0x55_u8, GuestAddress(0x80_0fff)).unwrap();
         // A touched page that is zero again stays a hole too.
         mem.write_obj(0_u64, GuestAddress(0x40_0000)).unwrap();
@@ -266,7 +273,10 @@ mod tests {
         assert_eq!(hash_file(&path).unwrap(), info.sha256);
 
         let back = map_private(&path, &layout, info.len).unwrap();
-        assert_eq!(back.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            back.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         assert_eq!(back.read_obj::<u8>(GuestAddress(0x80_0fff)).unwrap(), 0x55);
         back.write_obj(0x1234_u32, GuestAddress(0x1000)).unwrap();
         // The file is unchanged by guest writes.

@@ -27,10 +27,11 @@
 //! watchdogs do not count the pause (PITFALLS Snapshot 2).
 //!
 //! Limitations:
-//! - PCI and virtio devices are not saved yet: a guest with virtio-blk or
-//!   virtio-net is refused at snapshot time (virtio-rng is re-created
-//!   empty, which a Linux guest tolerates; its driver's pending request is
-//!   never answered).
+//! - PCI and virtio devices are not saved yet: `--snapshot-to` refuses
+//!   `--disk`, and a revived VM has no PCI bus (the guest's virtio-rng
+//!   driver keeps waiting for its last request; nothing else notices).
+//!   Networking after revive waits for virtio-net state.
+//! - The guest is paused by stopping it: a snapshot ends the source VM.
 //! - XSAVE areas larger than 4 KiB (AMX) are refused.
 //! - The TSC rate is restored with KVM's TSC scaling; a host without it
 //!   and with another rate is refused.
@@ -105,7 +106,9 @@ pub enum SnapshotError {
         found: u64,
     },
     /// The memory file's content does not match the hash in the state.
-    #[error("Snapshot memory file does not match the hash in the state file; the snapshot is damaged")]
+    #[error(
+        "Snapshot memory file does not match the hash in the state file; the snapshot is damaged"
+    )]
     MemoryHash,
     /// Guest memory could not be read.
     #[error("Cannot read guest memory")]
@@ -293,6 +296,7 @@ pub fn save(dir: &Path, input: SaveInput<'_>) -> Result<SaveReport, SnapshotErro
     }
     std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
     let msr_list = cpu::saveable_msrs(input.kvm)?;
+    tracing::debug!(msrs = msr_list.len(), "saving vCPUs");
     let mut vcpus = Vec::new();
     for v in input.vcpus.iter_mut() {
         let index = v.index();
@@ -300,7 +304,9 @@ pub fn save(dir: &Path, input: SaveInput<'_>) -> Result<SaveReport, SnapshotErro
     }
     let vm_state = cpu::save_vm(input.vm.fd())?;
     let devices = input.legacy.state();
+    tracing::debug!(elapsed = ?started.elapsed(), "saving memory");
     let memory = memory::write_sparse(input.vm.memory(), &tmp.join(MEMORY_FILE), true)?;
+    tracing::debug!(elapsed = ?started.elapsed(), data = memory.data_bytes, "memory saved");
     let cpu_vendor = vcpus
         .first()
         .map(|v| cpu::vendor_name(&v.cpuid))
@@ -552,7 +558,10 @@ mod tests {
 
         std::fs::write(&state_path, &good).unwrap();
         let memory_path = dir.join(MEMORY_FILE);
-        let f = std::fs::OpenOptions::new().write(true).open(&memory_path).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&memory_path)
+            .unwrap();
         f.set_len((64 << 20) - 4096).unwrap();
         let e = load_state(&dir).unwrap_err();
         assert!(matches!(e, SnapshotError::MemorySize { .. }), "{e}");
@@ -564,7 +573,10 @@ mod tests {
     fn verify_finds_a_changed_memory_byte_that_load_does_not_read() {
         let dir = fake_snapshot("hash");
         let memory_path = dir.join(MEMORY_FILE);
-        let f = std::fs::OpenOptions::new().write(true).open(&memory_path).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&memory_path)
+            .unwrap();
         std::os::unix::fs::FileExt::write_all_at(&f, &[8], 0x2000).unwrap();
         load_state(&dir).unwrap();
         assert!(matches!(verify(&dir), Err(SnapshotError::MemoryHash)));
