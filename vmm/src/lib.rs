@@ -16,6 +16,7 @@ pub mod devices;
 pub mod guest;
 pub mod kvm;
 pub mod layout;
+pub mod net;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

@@ -79,6 +79,8 @@ pub struct BootArgs {
     disks: Vec<vmm::devices::virtio::blk::DiskSpec>,
     #[command(flatten)]
     snapshot: super::snapshot::BootSnapshotArgs,
+    #[command(flatten)]
+    net: Box<vmm::net::NetArgs>,
 }
 
 /// Runs `vmm boot`.
@@ -109,7 +111,13 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     }
 
     let vm = Arc::new(Vm::new(&kvm, layout)?);
-    let _pci = vmm::devices::pci::kvm::PciDevices::for_boot(vm.clone(), &args.disks)?;
+    let mut pci = vmm::devices::pci::kvm::PciDevices::for_boot(vm.clone(), &args.disks)?;
+    let network = args.net.start()?;
+    if let Some(net) = &network {
+        let nic =
+            vmm::devices::virtio::net::Net::new(vmm::net::GUEST_MAC, Box::new(net.nic_backend()?));
+        pci.add_virtio(Box::new(nic), "virtio-net")?;
+    }
     let stop = Arc::new(StopSignal::new());
     let out: Box<dyn Write + Send> = match &args.console {
         Some(path) => Box::new(
@@ -138,6 +146,10 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     if reason == StopReason::Paused {
         args.snapshot
             .save(&kvm, &vm, &mut vcpus, &legacy, &cmdline)?;
+    }
+    drop(pci);
+    if let Some(net) = network {
+        net.finish()?;
     }
     let dropped = console.finish(Duration::from_secs(2));
     if dropped > 0 {
