@@ -2,8 +2,8 @@
 # bench/blk.sh: sequential virtio-blk throughput inside the guest kit, vmm
 # against QEMU's virtio-blk-pci on the same raw image. In the guest, `dd`
 # with O_DIRECT writes then reads SIZE MiB (default 512) in 1 MiB blocks;
-# RUNS boots each (default 3), interleaved; prints medians (MB/s as dd
-# reports them) and the ratios vmm/QEMU. Target: ratio >= 1 both ways.
+# RUNS boots each (default 3), interleaved; prints medians (MB/s, timed
+# with the guest's clock) and the ratios vmm/QEMU. Target: ratio >= 1 both ways.
 #
 # QEMU runs with its defaults for a raw file (cache=writeback, aio=threads),
 # which match what vmm does (pwrite/pread through the host page cache). The
@@ -44,9 +44,13 @@ image = os.path.join(tmp, f"vmm-blk-bench-{os.getpid()}.img")
 with open(image, "wb") as f:
     f.truncate((size + 16) << 20)
 
-# Write, then read back, the first SIZE MiB of /dev/vda with O_DIRECT.
-cmd = (f"dd if=/dev/zero of=/dev/vda bs=1M count={size} oflag=direct 2>&1 | tail -n 1 | sed s/^/W:/; "
-       f"dd if=/dev/vda of=/dev/null bs=1M count={size} iflag=direct 2>&1 | tail -n 1 | sed s/^/R:/")
+# Write, then read back, the first SIZE MiB of /dev/vda with O_DIRECT, timed
+# by the guest's /proc/uptime (Debian's busybox dd prints no rate).
+t = "cut -d' ' -f1 /proc/uptime"
+cmd = (f"a=$({t}); dd if=/dev/zero of=/dev/vda bs=1M count={size} oflag=direct 2>/dev/null; "
+       f"b=$({t}); echo W:$a:$b; "
+       f"a=$({t}); dd if=/dev/vda of=/dev/null bs=1M count={size} iflag=direct 2>/dev/null; "
+       f"b=$({t}); echo R:$a:$b")
 cmdline = f'console=ttyS0 panic=-1 quiet run="{cmd}"'
 qemu_cmd = ["qemu-system-x86_64", "-enable-kvm", "-cpu", "host", "-M", "pc", "-m", "256M",
             "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio",
@@ -57,11 +61,11 @@ vmm_cmd = [vmm, "boot", "--kernel", kernel, "--initrd", initrd, "--mem", "256M",
            "--cmdline", cmdline, "--disk", image]
 
 def mbps(line):
-    # busybox: "536870912 bytes (512.0MB) copied, 2.345 seconds, 218.3MB/s"
-    m = re.search(r"copied, ([0-9.]+) seconds", line)
-    if not m:
-        sys.exit(f"blk.sh: unexpected dd output {line!r}")
-    return size * 1048576 / float(m.group(1)) / 1e6
+    # "W:START:END", guest uptime in seconds before and after dd.
+    m = re.match(r"[WR]:([0-9.]+):([0-9.]+)", line.strip())
+    if not m or float(m.group(2)) <= float(m.group(1)):
+        sys.exit(f"blk.sh: unexpected timing line {line!r}")
+    return size * 1048576 / (float(m.group(2)) - float(m.group(1))) / 1e6
 
 def run(cmd):
     p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=900)
