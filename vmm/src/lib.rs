@@ -9,8 +9,8 @@
 pub mod acpi;
 pub mod boot;
 pub mod bus;
-pub mod controller;
 pub mod console;
+pub mod controller;
 pub mod cpuid;
 pub mod devices;
 pub mod guest;

@@ -1,8 +1,8 @@
 //! One module per `vmm` subcommand.
 
 pub mod boot;
-pub mod guest;
 pub mod floppy;
+pub mod guest;
 pub mod revive;
 pub mod smbd;
 pub mod snapshot;

@@ -42,8 +42,8 @@ impl RemoteExit {
 
 fn signal_number(name: &str) -> Option<u8> {
     const NAMES: [&str; 15] = [
-        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV",
-        "USR2", "PIPE", "ALRM", "TERM",
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1", "SEGV", "USR2",
+        "PIPE", "ALRM", "TERM",
     ];
     let pos = NAMES.iter().position(|n| *n == name)?;
     u8::try_from(pos + 1).ok()
@@ -153,7 +153,9 @@ impl Session {
                     stderr.write_all(&data).await.map_err(SshError::Output)?;
                     stderr.flush().await.map_err(SshError::Output)?;
                 }
-                ChannelMsg::ExitStatus { exit_status } => exit = Some(RemoteExit::Code(exit_status)),
+                ChannelMsg::ExitStatus { exit_status } => {
+                    exit = Some(RemoteExit::Code(exit_status))
+                }
                 ChannelMsg::ExitSignal { signal_name, .. } => {
                     exit = Some(RemoteExit::Signal(format!("{signal_name:?}")));
                 }
@@ -272,8 +274,13 @@ mod tests {
     #[tokio::test]
     async fn wrong_key_is_rejected_with_the_user_named() {
         let stream = serve(&ed25519(1)).await;
-        let err = Session::connect(stream, "root", ed25519(2)).await.unwrap_err();
-        assert!(matches!(err, SshError::AuthRejected(ref u) if u == "root"), "{err}");
+        let err = Session::connect(stream, "root", ed25519(2))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, SshError::AuthRejected(ref u) if u == "root"),
+            "{err}"
+        );
     }
 
     #[test]
