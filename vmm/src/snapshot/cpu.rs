@@ -238,6 +238,17 @@ const FEATURE_LEAVES: [(u32, u32, &[Reg]); 7] = [
     (0x8000_0008, 0, &[Reg::Ebx]),
 ];
 
+/// Bits the guest's own CR4 sets at run time (OSXSAVE in leaf 1 ecx,
+/// OSPKE in leaf 7.0 ecx): KVM reports them in the guest's table, they
+/// are not host features.
+fn os_bits(function: u32, index: u32, reg: Reg) -> u32 {
+    match (function, index, reg) {
+        (1, 0, Reg::Ecx) => 1 << 27,
+        (7, 0, Reg::Ecx) => 1 << 4,
+        _ => 0,
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Reg {
     Eax,
@@ -282,7 +293,8 @@ pub fn missing_features(saved: &[kvm_cpuid_entry2], host: &[kvm_cpuid_entry2]) -
         };
         let h = leaf(host, function, index);
         for &reg in regs {
-            let lacking = reg.get(s) & !h.map_or(0, |h| reg.get(h));
+            let lacking =
+                reg.get(s) & !h.map_or(0, |h| reg.get(h)) & !os_bits(function, index, reg);
             if lacking != 0 {
                 missing.push(format!(
                     "leaf {function:#x}.{index} {} bits {lacking:#x}",
@@ -353,6 +365,15 @@ mod tests {
         );
         assert!(missing[1].contains("0x80000001.0 edx"), "{missing:?}");
         assert!(missing_features(&host, &host).is_empty());
+    }
+
+    #[test]
+    fn bits_the_guest_os_sets_are_not_host_features() {
+        let mut saved = entry(7, 0, 1 << 4, 0);
+        let host = [entry(7, 0, 0, 0), entry(1, 0, 0, 0)];
+        assert!(missing_features(&[saved, entry(1, 0, 1 << 27, 0)], &host).is_empty());
+        saved.ecx |= 1 << 5;
+        assert_eq!(missing_features(&[saved], &host).len(), 1);
     }
 
     #[test]

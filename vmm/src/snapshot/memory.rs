@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
-use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
+use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
 use super::SnapshotError;
@@ -222,7 +222,7 @@ pub fn map_private(
     for (start, len) in layout.ram_ranges() {
         let size = usize::try_from(len).map_err(|_| SnapshotError::MemoryTooLarge)?;
         let fd = file.try_clone().map_err(io)?;
-        let mapping = MmapRegionBuilder::new_with_bitmap(size, <() as NewBitmap>::with_len(size))
+        let mapping = MmapRegionBuilder::<()>::new(size)
             .with_file_offset(FileOffset::new(fd, offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
