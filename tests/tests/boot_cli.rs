@@ -3,6 +3,9 @@
 //! a kernel that is not a bzImage, bad sizes, a missing, unopenable or
 //! non-KVM device, and a kvm_pvm host. No KVM needed.
 
+// Integration tests: the whole file is test code.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -5,6 +5,9 @@
 //! Needs the kit (`vmm guest build`) in its default folder and a hardware
 //! KVM (run through `scripts/with-kvm` elsewhere).
 
+// Integration tests: the whole file is test code.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::process::Command;
 use std::time::Duration;
 

@@ -10,6 +10,9 @@
 //! sha256sum on the host, and a hardware KVM (run through
 //! `scripts/with-kvm` elsewhere).
 
+// The whole file is a test crate; clippy cannot see that here.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -6,6 +6,9 @@
 //! Needs the kit (`vmm guest build`) in its default folder, `mtools` on the
 //! host, and a hardware KVM (run through `scripts/with-kvm` elsewhere).
 
+// Integration tests: the whole file is test code.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

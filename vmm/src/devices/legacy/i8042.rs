@@ -257,8 +257,10 @@ mod tests {
             dev.write(CMD_OFFSET, &[CMD_SELF_TEST]);
         }
         assert_eq!(dev.state().output.len(), OUTPUT_CAP);
-        let mut big = I8042State::default();
-        big.output = (0..200u8).collect();
+        let big = I8042State {
+            output: (0..200u8).collect(),
+            ..I8042State::default()
+        };
         let restored = I8042::from_state(
             big,
             Box::new(CountingIrq::default()),
