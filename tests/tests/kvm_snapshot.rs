@@ -13,6 +13,9 @@
 //! `scripts/with-kvm` elsewhere). One snapshot is shared by all tests of
 //! this file; it lives on /dev/shm when there is one.
 
+// Integration tests: the whole file is test code.
+#![allow(clippy::tests_outside_test_module)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
