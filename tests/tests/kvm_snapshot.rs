@@ -240,7 +240,9 @@ fn kvm_snapshot_damaged_copies_are_refused_with_their_reason_before_the_guest_ru
         .expect("run vmm snapshot verify");
     assert!(verify.status.success(), "{verify:?}");
     let scratch = good.parent().unwrap();
-    let cases: [(&str, fn(&Path), &str); 3] = [
+    /// Name, damage done to a copy, text the refusal must hold.
+    type Case = (&'static str, fn(&Path), &'static str);
+    let cases: [Case; 3] = [
         (
             "flipped",
             |d| {
