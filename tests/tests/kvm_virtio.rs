@@ -297,11 +297,9 @@ impl LibGuest {
         };
         let vcpu = Vcpu::configure(0, vm.create_vcpu(0).expect("vCPU"), &cfg).expect("vCPU setup");
         vcpu::install_kick_handler().expect("kick handler");
-        let mut threads = Vec::new();
-        threads.push(
-            vcpu.start(vm.pio_bus().clone(), vm.mmio_bus().clone(), stop.clone())
-                .expect("vCPU start"),
-        );
+        let threads = vec![vcpu
+            .start(vm.pio_bus().clone(), vm.mmio_bus().clone(), stop.clone())
+            .expect("vCPU start")];
         let (tx, finished) = std::sync::mpsc::channel();
         let waiter = stop.clone();
         std::thread::spawn(move || {
