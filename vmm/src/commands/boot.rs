@@ -98,7 +98,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     let mem_size = parse_size(&args.mem)?;
     let layout = MemoryLayout::new(mem_size).with_context(|| format!("--mem {}", args.mem))?;
     check_host_memory(mem_size)?;
-    args.snapshot.check(args.disks.len())?;
+    args.snapshot.check(&args.disks)?;
     let sys_modules = std::env::var_os(SYS_MODULE_DIR_ENV)
         .map_or_else(|| PathBuf::from(kvm::SYS_MODULE_DIR), PathBuf::from);
     let kvm = kvm::open(&args.kvm_device, &sys_modules)?;
@@ -144,8 +144,16 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     let reason = stop.wait();
     let mut vcpus = vcpu::stop_all(threads);
     if reason == StopReason::Paused {
-        args.snapshot
-            .save(&kvm, &vm, &mut vcpus, &legacy, &cmdline)?;
+        let saved = super::snapshot::SavedVm {
+            kvm: &kvm,
+            vm: &vm,
+            vcpus: &mut vcpus,
+            legacy: &legacy,
+            pci: &pci,
+            nic: network.is_some(),
+            cmdline: &cmdline,
+        };
+        args.snapshot.save(saved, &args.disks)?;
     }
     drop(pci);
     if let Some(net) = network {

@@ -1,10 +1,14 @@
 //! `vmm revive DIR`: resume a snapshot in this process and stream its
 //! console; exits as `vmm boot` does when the guest stops.
 //!
-//! Every check (state checksum and version, CPU, memory file length)
-//! happens before a vCPU runs; a refused snapshot exits 1 with the reason
-//! on one line. `--stats` prints on stderr the time from process start to
-//! the vCPUs running.
+//! Every check (state checksum and version, CPU, memory file length,
+//! disks unchanged, device state) happens before a vCPU runs; a refused
+//! snapshot exits 1 with the reason on one line. Disks are attached
+//! through throwaway overlays (the images are never written). A snapshot
+//! with a NIC gets a fresh switch and host endpoint (192.168.0.2, same
+//! MAC), with `--share` folders served by smbd-lite and `--pcap` capturing.
+//! `--stats` prints on stderr the time from process start to the vCPUs
+//! running.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -37,6 +41,29 @@ pub struct ReviveArgs {
     /// Print the revive time (process start to vCPUs running) on stderr
     #[arg(long)]
     stats: bool,
+    /// Capture every frame on the fresh switch to this pcap file (the
+    /// snapshot must have a NIC)
+    #[arg(long, value_name = "FILE")]
+    pcap: Option<PathBuf>,
+    /// Serve a folder with SMB on 192.168.0.2:445 (repeatable; the
+    /// snapshot must have a NIC)
+    #[arg(long = "share", value_name = "NAME=PATH[,ro]")]
+    shares: Vec<vmm::net::ShareSpec>,
+}
+
+/// The fresh network of a snapshot with a NIC, with its shares served.
+fn start_network(args: &ReviveArgs, nic: bool) -> anyhow::Result<Option<vmm::net::Network>> {
+    if !nic {
+        if args.pcap.is_some() || !args.shares.is_empty() {
+            anyhow::bail!("The snapshot has no NIC: --pcap and --share need one");
+        }
+        return Ok(None);
+    }
+    let net = vmm::net::Network::start(args.pcap.as_deref())?;
+    if !args.shares.is_empty() {
+        net.serve_smb(&args.shares)?;
+    }
+    Ok(Some(net))
 }
 
 /// Process start, as early as `main` can note it.
@@ -74,9 +101,17 @@ pub fn run(args: ReviveArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(std::io::stdout()),
     };
     let console = Console::spawn(out, console::DEFAULT_CAPACITY).context("Cannot start console")?;
+    let network = start_network(&args, state.machine.nic)?;
     let control: Arc<dyn SystemControl> = stop.clone();
-    let mut revived = snapshot::revive(&kvm, &args.dir, state, Box::new(console.writer()), control)
-        .with_context(|| format!("Cannot revive {}", args.dir.display()))?;
+    let mut revived = snapshot::revive(
+        &kvm,
+        &args.dir,
+        state,
+        Box::new(console.writer()),
+        control,
+        network.as_ref(),
+    )
+    .with_context(|| format!("Cannot revive {}", args.dir.display()))?;
     vcpu::install_kick_handler()?;
     snapshot::mark_clock_paused(&mut revived.vcpus);
     let vm = revived.vm.clone();
@@ -103,6 +138,10 @@ pub fn run(args: ReviveArgs) -> anyhow::Result<ExitCode> {
     }
     let reason = stop.wait();
     vcpu::stop_all(threads);
+    revived.pci.stop();
+    if let Some(net) = network {
+        net.finish()?;
+    }
     let dropped = console.finish(Duration::from_secs(2));
     if dropped > 0 {
         tracing::warn!(

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
+use vmm::devices::pci::kvm::PciDevices;
+use vmm::devices::virtio::blk::{DiskMode, DiskSpec};
 use vmm::snapshot::{self, LegacyDevices, Machine, PauseOnText, SaveInput};
 use vmm::vcpu::{StopSignal, Vcpu};
 use vmm::vm::Vm;
@@ -65,15 +67,21 @@ pub struct BootSnapshotArgs {
 }
 
 impl BootSnapshotArgs {
-    /// Refuses bad options before the guest boots.
-    pub fn check(&self, disks: usize) -> anyhow::Result<()> {
+    /// Refuses bad options before the guest boots: an existing target, an
+    /// empty trigger, a disk behind a copy-on-write overlay (the snapshot
+    /// refers to the image itself, and the overlay's writes would be lost).
+    pub fn check(&self, disks: &[DiskSpec]) -> anyhow::Result<()> {
         if let Some(dir) = &self.snapshot_to {
             snapshot::check_target(dir)?;
             if self.snapshot_on.as_deref().is_none_or(str::is_empty) {
                 bail!("--snapshot-on needs a non-empty text");
             }
-            if disks > 0 {
-                bail!("--snapshot-to does not support --disk yet (virtio state is not saved)");
+            if let Some(d) = disks.iter().find(|d| matches!(d.mode, DiskMode::Cow(_))) {
+                bail!(
+                    "--snapshot-to needs disks used directly (PATH or PATH,ro): {} is behind a \
+                     copy-on-write overlay, whose writes the snapshot would lose",
+                    d.path.display()
+                );
             }
         }
         Ok(())
@@ -94,29 +102,28 @@ impl BootSnapshotArgs {
     }
 
     /// Saves the stopped VM into `--snapshot-to`, and says so on stderr.
-    pub fn save(
-        &self,
-        kvm: &kvm_ioctls::Kvm,
-        vm: &Vm,
-        vcpus: &mut [Vcpu],
-        legacy: &LegacyDevices,
-        cmdline: &str,
-    ) -> anyhow::Result<()> {
+    pub fn save(&self, vm: SavedVm<'_>, disks: &[DiskSpec]) -> anyhow::Result<()> {
         let Some(dir) = &self.snapshot_to else {
             bail!("The VM paused without --snapshot-to");
         };
+        let disks = disks
+            .iter()
+            .map(|d| snapshot::DiskRef::of(&d.path))
+            .collect::<Result<Vec<_>, _>>()?;
         let machine = Machine {
-            mem_size: vm.layout().mem_size(),
-            cmdline: cmdline.to_owned(),
-            disks: Vec::new(),
+            mem_size: vm.vm.layout().mem_size(),
+            cmdline: vm.cmdline.to_owned(),
+            disks,
+            nic: vm.nic,
         };
         let report = snapshot::save(
             dir,
             SaveInput {
-                kvm,
-                vm,
-                vcpus,
-                legacy,
+                kvm: vm.kvm,
+                vm: vm.vm,
+                vcpus: vm.vcpus,
+                legacy: vm.legacy,
+                pci: Some(vm.pci),
                 machine,
             },
         )
@@ -131,6 +138,25 @@ impl BootSnapshotArgs {
         );
         Ok(())
     }
+}
+
+/// The stopped VM `vmm boot` hands to [`BootSnapshotArgs::save`].
+#[derive(Debug)]
+pub struct SavedVm<'a> {
+    /// KVM.
+    pub kvm: &'a kvm_ioctls::Kvm,
+    /// The VM.
+    pub vm: &'a Vm,
+    /// Its vCPUs, stopped.
+    pub vcpus: &'a mut [Vcpu],
+    /// Legacy devices.
+    pub legacy: &'a LegacyDevices,
+    /// PCI devices (their workers are stopped by the save).
+    pub pci: &'a PciDevices,
+    /// Whether it has a NIC.
+    pub nic: bool,
+    /// Its kernel command line.
+    pub cmdline: &'a str,
 }
 
 fn display(p: &Path) -> std::path::Display<'_> {

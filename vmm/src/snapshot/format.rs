@@ -20,7 +20,7 @@ use super::SnapshotError;
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"VMMSNAP\0";
 /// The format this build writes and reads. Bump on any payload change.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 24;
 /// Largest payload accepted (64 vCPUs of state are far below it).

@@ -7,15 +7,36 @@
 //! - `state`: magic, format version, CRC-32 and a postcard payload
 //!   ([`format`]) holding [`SnapshotState`]: the header (CPU vendor, TSC
 //!   rate, memory file length and hash), the machine (RAM, vCPUs, disks by
-//!   reference), every vCPU's registers, XSAVE, XCRs, LAPIC, MSRs, MP
-//!   state, events and debug registers, the PICs, IOAPIC, PIT, kvmclock,
-//!   and the legacy devices' registers.
+//!   reference, whether there is a NIC), every vCPU's registers, XSAVE,
+//!   XCRs, LAPIC, MSRs, MP state, events and debug registers, the PICs,
+//!   IOAPIC, PIT, kvmclock, the legacy devices' registers, and the PCI bus
+//!   ([`PciState`]): each function's configuration space (BARs, command
+//!   register, MSI-X enable and mask bits), MSI-X table and pending bits,
+//!   the virtio transport (status, accepted features, selectors, vectors,
+//!   ISR, config generation), each queue (size, enable, ring addresses,
+//!   next avail and next used indices, event-index flag) and each device's
+//!   identity (virtio-blk serial, virtio-net MAC, virtio-rng).
+//!
+//! Saving stops the device workers first: requests are served
+//! synchronously, so none is in flight (PITFALLS Snapshot 4); each disk is
+//! then synced and recorded (length, modification time).
 //!
 //! A revive checks, before any vCPU runs: the state file's magic, version,
 //! size cap and checksum; the CPU vendor and that every CPU feature the
 //! guest saw is offered here; the memory file's length; each disk's length
-//! and modification time. The memory hash is checked only by [`verify`]
-//! (reading all of RAM on every revive would cost the speed).
+//! and modification time; every saved device value (queue sizes, ring
+//! addresses inside guest RAM, MSI-X vectors, features offered). The memory
+//! hash is checked only by [`verify`] (reading all of RAM on every revive
+//! would cost the speed).
+//!
+//! On revive each disk is attached through a throwaway copy-on-write
+//! overlay over its base image, which is never written; the NIC is plugged
+//! into the fresh switch of the network the caller gives, whose endpoint
+//! has the same address and MAC as before; MSI-X routes, irqfds and
+//! ioeventfds are set up again and the device workers started, each
+//! enabled queue looked at once and its vector raised once. The guest's
+//! old TCP connections are unknown to the fresh endpoint, which resets
+//! them at their next segment, and its clients reconnect.
 //!
 //! Clock policy: the guest's clock continues from the moment of the
 //! snapshot, as QEMU's `clock=vm` did. kvmclock is set back to its saved
@@ -27,11 +48,11 @@
 //! watchdogs do not count the pause (PITFALLS Snapshot 2).
 //!
 //! Limitations:
-//! - PCI and virtio devices are not saved yet: `--snapshot-to` refuses
-//!   `--disk`, and a revived VM has no PCI bus (the guest's virtio-rng
-//!   driver keeps waiting for its last request; nothing else notices).
-//!   Networking after revive waits for virtio-net state.
 //! - The guest is paused by stopping it: a snapshot ends the source VM.
+//! - Disks are saved by reference: a disk used through a copy-on-write
+//!   overlay at boot cannot be snapshotted (its overlay is not kept).
+//! - Frames in flight on the old switch are lost (TCP retransmits them);
+//!   host-side connections are not carried over.
 //! - XSAVE areas larger than 4 KiB (AMX) are refused.
 //! - The TSC rate is restored with KVM's TSC scaling; a host without it
 //!   and with another rate is refused.
@@ -51,6 +72,10 @@ pub use cpu::{VcpuState, VmState};
 pub use devices::{DeviceStates, LegacyDevices, PauseOnText};
 pub use memory::MemoryInfo;
 
+pub use crate::devices::pci::kvm::PciState;
+
+use crate::devices::pci::kvm::{KvmPciError, PciDevices};
+use crate::devices::virtio::blk::{CowDisk, Disk, DiskError, Overlay};
 use crate::layout::MemoryLayout;
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
@@ -157,6 +182,15 @@ pub enum SnapshotError {
     /// A device could not be saved or rebuilt.
     #[error("Cannot restore the {0} device: {1}")]
     Device(&'static str, String),
+    /// The PCI devices could not be saved or rebuilt.
+    #[error("Cannot restore the PCI devices")]
+    Pci(#[source] KvmPciError),
+    /// A disk could not be opened through its overlay.
+    #[error("Cannot attach a disk")]
+    Disk(#[source] DiskError),
+    /// The snapshot has a NIC and the revive got no network.
+    #[error("The snapshot has a NIC: revive it with a network")]
+    NoNetwork,
     /// A disk changed since the snapshot.
     #[error("Disk {0} changed since the snapshot (size or modification time); its snapshot is no longer valid")]
     DiskChanged(PathBuf),
@@ -207,12 +241,23 @@ impl DiskRef {
         })
     }
 
-    /// Refuses a disk that changed since it was recorded.
+    /// Refuses a disk that changed since it was recorded (its length or
+    /// modification time; the path may have been resolved anew).
     pub fn check(&self) -> Result<(), SnapshotError> {
         match Self::of(&self.path) {
-            Ok(now) if now == *self => Ok(()),
+            Ok(now) if now.len == self.len && now.modified_ns == self.modified_ns => Ok(()),
             _ => Err(SnapshotError::DiskChanged(self.path.clone())),
         }
+    }
+
+    /// Flushes the disk's data to stable storage and records it as it is
+    /// then (after the guest's last write).
+    pub fn sync_and_record(path: &Path) -> Result<Self, SnapshotError> {
+        let file = std::fs::File::open(path)
+            .and_then(|f| f.sync_all().map(|()| f))
+            .map_err(|e| SnapshotError::Io(format!("Cannot sync disk {}", path.display()), e))?;
+        drop(file);
+        Self::of(path)
     }
 }
 
@@ -223,8 +268,10 @@ pub struct Machine {
     pub mem_size: u64,
     /// Kernel command line it booted with (for information).
     pub cmdline: String,
-    /// Disks, in order.
+    /// Disks, in order (the k-th virtio-blk device has the k-th).
     pub disks: Vec<DiskRef>,
+    /// Whether the guest has a NIC (a revive then needs a network).
+    pub nic: bool,
 }
 
 /// Everything in the state file.
@@ -240,6 +287,8 @@ pub struct SnapshotState {
     pub vcpus: Vec<VcpuState>,
     /// Device registers.
     pub devices: DeviceStates,
+    /// The PCI bus and its virtio functions (`None`: the VM had none).
+    pub pci: Option<PciState>,
 }
 
 /// Figures from taking a snapshot.
@@ -264,7 +313,11 @@ pub struct SaveInput<'a> {
     pub vcpus: &'a mut [Vcpu],
     /// Its legacy devices.
     pub legacy: &'a LegacyDevices,
-    /// RAM, command line, disks.
+    /// Its PCI bus and virtio devices; their workers are stopped by the
+    /// save.
+    pub pci: Option<&'a PciDevices>,
+    /// RAM, command line, disks (each synced and recorded again once the
+    /// workers stopped), NIC.
     pub machine: Machine,
 }
 
@@ -295,6 +348,15 @@ pub fn save(dir: &Path, input: SaveInput<'_>) -> Result<SaveReport, SnapshotErro
         std::fs::remove_dir_all(&tmp).map_err(io("remove stale", &tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+    let mut machine = input.machine;
+    let pci = input.pci.map(|p| {
+        p.stop_workers();
+        p.save()
+    });
+    check_devices(&machine, pci.as_ref())?;
+    for disk in &mut machine.disks {
+        *disk = DiskRef::sync_and_record(&disk.path)?;
+    }
     let msr_list = cpu::saveable_msrs(input.kvm)?;
     tracing::debug!(msrs = msr_list.len(), "saving vCPUs");
     let mut vcpus = Vec::new();
@@ -320,10 +382,11 @@ pub fn save(dir: &Path, input: SaveInput<'_>) -> Result<SaveReport, SnapshotErro
                 .map_or(0, |d| d.as_secs()),
             memory: memory.clone(),
         },
-        machine: input.machine,
+        machine,
         vm: vm_state,
         vcpus,
         devices,
+        pci,
     };
     let bytes = format::encode(&state)?;
     let state_path = tmp.join(STATE_FILE);
@@ -376,6 +439,7 @@ pub fn load_state(dir: &Path) -> Result<SnapshotState, SnapshotError> {
     {
         return inconsistent("vCPUs out of order");
     }
+    check_devices(&state.machine, state.pci.as_ref())?;
     let layout = MemoryLayout::new(state.machine.mem_size)
         .map_err(|e| SnapshotError::Inconsistent(e.to_string()))?;
     let ram: u64 = layout.ram_ranges().iter().map(|r| r.1).sum();
@@ -393,6 +457,19 @@ pub fn load_state(dir: &Path) -> Result<SnapshotState, SnapshotError> {
         });
     }
     Ok(state)
+}
+
+/// Refuses a machine whose disks and NIC do not match its PCI devices.
+fn check_devices(machine: &Machine, pci: Option<&PciState>) -> Result<(), SnapshotError> {
+    let (blocks, nics) = pci.map_or((0, 0), PciState::counts);
+    if blocks != machine.disks.len() || (nics > 0) != machine.nic || nics > 1 {
+        return Err(SnapshotError::Inconsistent(format!(
+            "{} disks and {} NIC recorded, {blocks} block devices and {nics} NICs saved",
+            machine.disks.len(),
+            if machine.nic { "a" } else { "no" },
+        )));
+    }
+    Ok(())
 }
 
 /// Checks a snapshot fully, the memory hash included (`vmm snapshot
@@ -418,25 +495,34 @@ pub struct Revived {
     pub vcpus: Vec<Vcpu>,
     /// The legacy devices.
     pub legacy: LegacyDevices,
+    /// The PCI bus and virtio devices, their workers running (no guest
+    /// instruction runs until the vCPUs start).
+    pub pci: PciDevices,
 }
 
 /// Rebuilds the VM of `state` (loaded from `dir`): every check first,
-/// then memory, irqchip, PIT, clock, devices and vCPUs. No vCPU runs.
+/// then memory, irqchip, PIT, clock, legacy devices, vCPUs and the PCI
+/// devices (disks through throwaway overlays, the NIC on a new port of
+/// `network`, which a snapshot with a NIC needs). No vCPU runs.
 pub fn revive(
     kvm: &Kvm,
     dir: &Path,
     state: SnapshotState,
     console: Box<dyn std::io::Write + Send>,
     control: Arc<dyn crate::devices::legacy::SystemControl>,
+    network: Option<&crate::net::Network>,
 ) -> Result<Revived, SnapshotError> {
     cpu::check_host(kvm, &state.header.cpu_vendor, &state.vcpus)?;
+    check_devices(&state.machine, state.pci.as_ref())?;
+    if state.machine.nic && network.is_none() {
+        return Err(SnapshotError::NoNetwork);
+    }
+    let mut disks: Vec<Box<dyn Disk>> = Vec::new();
     for disk in &state.machine.disks {
         disk.check()?;
-    }
-    if !state.machine.disks.is_empty() {
-        return Err(SnapshotError::Inconsistent(
-            "disks are not supported by revive yet".into(),
-        ));
+        let overlay =
+            CowDisk::open(&disk.path, &Overlay::Temporary, 0).map_err(SnapshotError::Disk)?;
+        disks.push(Box::new(overlay));
     }
     let layout = MemoryLayout::new(state.machine.mem_size)
         .map_err(|e| SnapshotError::Inconsistent(e.to_string()))?;
@@ -450,7 +536,18 @@ pub fn revive(
         cpu::restore_vcpu(&fd, saved)?;
         vcpus.push(Vcpu::from_fd(saved.index, fd));
     }
-    Ok(Revived { vm, vcpus, legacy })
+    // After the vCPUs: re-raised MSI-X vectors must land in restored LAPICs.
+    let pci = match &state.pci {
+        Some(saved) => PciDevices::restore(vm.clone(), saved, disks, network),
+        None => PciDevices::new(vm.clone()),
+    }
+    .map_err(SnapshotError::Pci)?;
+    Ok(Revived {
+        vm,
+        vcpus,
+        legacy,
+        pci,
+    })
 }
 
 /// Sets kvmclock's "paused" flag on each vCPU (KVM_KVMCLOCK_CTRL), to be
@@ -511,6 +608,7 @@ mod tests {
                 mem_size,
                 cmdline: String::new(),
                 disks: Vec::new(),
+                nic: false,
             },
             vm: VmState {
                 irqchips: Vec::new(),
@@ -523,6 +621,7 @@ mod tests {
                 i8042: Default::default(),
                 pm: Default::default(),
             },
+            pci: None,
         };
         std::fs::write(dir.join(STATE_FILE), format::encode(&state).unwrap()).unwrap();
         dir
@@ -580,6 +679,27 @@ mod tests {
         std::os::unix::fs::FileExt::write_all_at(&f, &[8], 0x2000).unwrap();
         load_state(&dir).unwrap();
         assert!(matches!(verify(&dir), Err(SnapshotError::MemoryHash)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn disks_or_a_nic_without_their_pci_devices_are_refused() {
+        let dir = fake_snapshot("devices");
+        let state_path = dir.join(STATE_FILE);
+        let mut state = load_state(&dir).unwrap();
+        state.machine.nic = true;
+        std::fs::write(&state_path, format::encode(&state).unwrap()).unwrap();
+        let e = load_state(&dir).unwrap_err();
+        assert!(e.to_string().contains("a NIC recorded"), "{e}");
+        state.machine.nic = false;
+        state.machine.disks.push(DiskRef {
+            path: dir.join(MEMORY_FILE),
+            len: 0,
+            modified_ns: 0,
+        });
+        std::fs::write(&state_path, format::encode(&state).unwrap()).unwrap();
+        let e = load_state(&dir).unwrap_err();
+        assert!(e.to_string().contains("1 disks"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

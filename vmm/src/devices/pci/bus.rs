@@ -35,6 +35,9 @@ pub enum PciError {
     /// The MMIO window has no room for a BAR.
     #[error("No room for a {0:#x}-byte BAR in the PCI MMIO window")]
     NoBarSpace(u64),
+    /// A restored device names a slot that is taken or does not exist.
+    #[error("PCI slot {0} is taken or does not exist")]
+    BadSlot(usize),
 }
 
 /// Hands out naturally aligned BAR addresses from one window.
@@ -174,6 +177,53 @@ impl PciBus {
         self.slots[slot] = Some(device);
         self.update_mappings(slot);
         Ok(slot)
+    }
+
+    /// Puts a restored `device`, whose BAR registers and command register
+    /// are already programmed, in `slot`, and maps its BARs as they say
+    /// (a BAR over another device's range stays unmapped).
+    pub fn insert_at(&mut self, slot: usize, device: SharedPciDevice) -> Result<(), PciError> {
+        match self.slots.get_mut(slot) {
+            Some(s @ None) if slot != 0 => *s = Some(device),
+            _ => return Err(PciError::BadSlot(slot)),
+        }
+        self.update_mappings(slot);
+        Ok(())
+    }
+
+    /// The configuration address register (port 0xcf8), for a snapshot.
+    pub fn address(&self) -> u32 {
+        self.address
+    }
+
+    /// Sets the configuration address register (restoring a snapshot).
+    pub fn set_address(&mut self, address: u32) {
+        self.address = address;
+    }
+
+    /// The host bridge's configuration space, for a snapshot.
+    pub fn host_bridge_config(&self) -> Vec<u8> {
+        self.device(0).map_or_else(Vec::new, |d| {
+            d.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .config()
+                .snapshot()
+        })
+    }
+
+    /// Takes back the guest-writable bits of the host bridge's saved
+    /// configuration space; `None` when it is not a whole space.
+    pub fn restore_host_bridge(&mut self, saved: &[u8]) -> Option<()> {
+        if saved.len() != CONFIG_SIZE {
+            return None;
+        }
+        let bridge = self.device(0)?;
+        // The bridge's write_config is a plain masked write.
+        bridge
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_config(0, saved);
+        Some(())
     }
 
     /// The device in `slot`, if any.
@@ -452,6 +502,44 @@ mod tests {
         // Slot 2 still owns the range; slot 1's BAR0 is not on the bus.
         cfg_write32(&mut pci, 1, 0x10, 0xd800_0000);
         assert!(mmio.read(0xd800_0000, &mut b));
+    }
+
+    #[test]
+    fn a_restored_device_is_mapped_where_its_registers_say_and_slots_are_checked() {
+        let (mmio, mut pci, probe) = setup();
+        let mut config = probe.lock().unwrap().config.clone();
+        config.set_bar_address(0, 0xd000_0000);
+        config.set_memory_enabled(true);
+        let restored = Arc::new(Mutex::new(Probe::new()));
+        restored.lock().unwrap().config = config;
+        assert_eq!(
+            pci.insert_at(1, restored.clone()),
+            Err(PciError::BadSlot(1))
+        );
+        assert_eq!(
+            pci.insert_at(0, restored.clone()),
+            Err(PciError::BadSlot(0))
+        );
+        assert_eq!(
+            pci.insert_at(99, restored.clone()),
+            Err(PciError::BadSlot(99))
+        );
+        pci.insert_at(5, restored.clone()).unwrap();
+        assert!(mmio.read(0xd000_0000, &mut [0]));
+        assert!(restored
+            .lock()
+            .unwrap()
+            .mapped
+            .contains(&(0, Some(0xd000_0000))));
+        pci.set_address(0x8000_2810);
+        assert_eq!(pci.address(), 0x8000_2810);
+        let mut bridge = pci.host_bridge_config();
+        bridge[4] = 0x06;
+        bridge[0] = 0;
+        pci.restore_host_bridge(&bridge).unwrap();
+        assert_eq!(cfg_read32(&mut pci, 0, 0), 0x0d57_8086);
+        assert_eq!(cfg_read32(&mut pci, 0, 4) & 0xffff, 0x06);
+        assert!(pci.restore_host_bridge(&bridge[..10]).is_none());
     }
 
     #[test]

@@ -216,6 +216,27 @@ impl PciConfig {
         u32::from_le_bytes(b)
     }
 
+    /// The whole configuration space as the guest sees it (what a snapshot
+    /// saves).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.bytes.to_vec()
+    }
+
+    /// Takes back the guest-writable bits of a saved [`PciConfig::snapshot`]
+    /// (BAR addresses, command register, capability control bits); the
+    /// read-only bytes stay as this device declares them, so a saved space
+    /// cannot change IDs, BAR sizes or the capability list. `None` when
+    /// `saved` is not a whole configuration space.
+    pub fn restore_writable(&mut self, saved: &[u8]) -> Option<()> {
+        if saved.len() != CONFIG_SIZE {
+            return None;
+        }
+        for ((b, &m), &v) in self.bytes.iter_mut().zip(&self.wmask).zip(saved) {
+            *b = (*b & !m) | (v & m);
+        }
+        Some(())
+    }
+
     /// Sets a `u16` regardless of the write mask (the device's side).
     pub fn set_u16(&mut self, offset: usize, v: u16) {
         if let Some(dst) = self.bytes.get_mut(offset..offset + 2) {
@@ -297,6 +318,23 @@ mod tests {
         assert_eq!(b % 4, 0);
         assert_ne!(c.u16_at(STATUS) & STATUS_CAP_LIST, 0);
         assert!(c.add_capability(&[0; 300], &[]).is_none());
+    }
+
+    #[test]
+    fn restore_takes_writable_bits_only_and_refuses_a_short_space() {
+        let mut c = cfg();
+        c.add_bar(0, BarKind::Memory64, 0x8000);
+        c.set_bar_address(0, 0xc000_0000);
+        c.set_memory_enabled(true);
+        let mut saved = c.snapshot();
+        saved[0] = 0x99; // vendor ID: read-only
+        let mut fresh = cfg();
+        fresh.add_bar(0, BarKind::Memory64, 0x8000);
+        fresh.restore_writable(&saved).unwrap();
+        assert_eq!(fresh.bar_address(0), 0xc000_0000);
+        assert!(fresh.memory_enabled());
+        assert_eq!(fresh.u16_at(0), 0x1af4);
+        assert!(fresh.restore_writable(&saved[..255]).is_none());
     }
 
     #[test]

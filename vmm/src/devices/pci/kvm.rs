@@ -1,6 +1,10 @@
 //! KVM side of PCI devices: MSI-X vectors as GSI routes raised through
 //! irqfds, virtio queue notifications as ioeventfds, and [`PciDevices`],
-//! which puts the PCI bus and virtio devices into a [`Vm`].
+//! which puts the PCI bus and virtio devices into a [`Vm`], saves them
+//! ([`PciState`]) and rebuilds them from a snapshot
+//! ([`PciDevices::restore`]): the same functions in the same slots, their
+//! registers and rings taken back, MSI routes, irqfds and ioeventfds set up
+//! again as a boot does, and the workers started.
 //!
 //! Limitations:
 //! - A vector's GSI is taken on its first route and kept until the VM
@@ -14,10 +18,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{MsiInterrupt, MsiMessage, PciBus, PciError};
 use crate::bus::BusError;
-use crate::devices::virtio::blk::{Block, DiskSpec};
+use crate::devices::virtio::blk::{Block, Disk, DiskSpec};
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::worker::Worker;
-use crate::devices::virtio::{IoEventRegistrar, VirtioDevice, VirtioPci};
+use crate::devices::virtio::{DeviceState, IoEventRegistrar, VirtioDevice, VirtioPci};
 use crate::layout;
 use crate::vm::{self, IrqLine, Vm, VmError};
 
@@ -39,6 +44,45 @@ pub enum KvmPciError {
     /// The device's worker thread could not start.
     #[error("Cannot start the worker of {0}")]
     Worker(String, #[source] io::Error),
+    /// A saved PCI state does not fit what is being restored.
+    #[error("Saved PCI state is invalid: {0}")]
+    BadState(String),
+    /// The NIC's switch port could not be made.
+    #[error("Cannot plug the NIC into the switch")]
+    Net(#[source] crate::net::NetError),
+}
+
+/// The PCI bus and its functions, as a snapshot holds them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciState {
+    /// The configuration address register (port 0xcf8).
+    pub address: u32,
+    /// The host bridge's configuration space.
+    pub host_bridge: Vec<u8>,
+    /// Each virtio function, in the order added.
+    pub functions: Vec<PciFunctionState>,
+}
+
+/// One virtio function of a [`PciState`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PciFunctionState {
+    /// Its slot on bus 0.
+    pub slot: u8,
+    /// Its transport, rings and device.
+    pub state: crate::devices::virtio::VirtioPciState,
+}
+
+impl PciState {
+    /// How many block devices (disks) and NICs the state holds.
+    pub fn counts(&self) -> (usize, usize) {
+        let count = |f: fn(&DeviceState) -> bool| {
+            self.functions.iter().filter(|d| f(&d.state.device)).count()
+        };
+        (
+            count(|d| matches!(d, DeviceState::Block { .. })),
+            count(|d| matches!(d, DeviceState::Net { .. })),
+        )
+    }
 }
 
 /// MSI-X vectors of one device, each a GSI with an MSI route and an irqfd.
@@ -131,7 +175,8 @@ pub struct PciDevices {
     vm: Arc<Vm>,
     bus: Arc<Mutex<PciBus>>,
     devices: Vec<Arc<Mutex<VirtioPci>>>,
-    workers: Vec<Worker>,
+    slots: Vec<usize>,
+    workers: Mutex<Vec<Worker>>,
 }
 
 impl std::fmt::Debug for PciDevices {
@@ -161,7 +206,8 @@ impl PciDevices {
             vm,
             bus,
             devices: Vec::new(),
-            workers: Vec::new(),
+            slots: Vec::new(),
+            workers: Mutex::new(Vec::new()),
         })
     }
 
@@ -172,22 +218,136 @@ impl PciDevices {
         device: Box<dyn VirtioDevice>,
         name: &str,
     ) -> Result<Arc<Mutex<VirtioPci>>, KvmPciError> {
-        let vectors = u16::try_from(device.queue_max_sizes().len() + 1).unwrap_or(u16::MAX);
-        let msi = KvmMsi::new(self.vm.clone(), vectors.min(64));
-        let transport = VirtioPci::new(device, self.vm.memory().clone(), Box::new(msi))
-            .map_err(KvmPciError::Virtio)?;
-        let transport = Arc::new(Mutex::new(transport));
-        let ioevents = KvmIoEvents::new(self.vm.fd().clone());
-        let worker = Worker::spawn(transport.clone(), Some(Box::new(ioevents)), name)
-            .map_err(|e| KvmPciError::Worker(name.into(), e))?;
-        self.bus
+        let transport = Arc::new(Mutex::new(self.transport(device)?));
+        let worker = self.worker(&transport, name)?;
+        let slot = self
+            .bus
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .add_device(transport.clone())
             .map_err(KvmPciError::Pci)?;
-        self.workers.push(worker);
-        self.devices.push(transport.clone());
+        self.keep(transport.clone(), slot, worker);
         Ok(transport)
+    }
+
+    fn transport(&self, device: Box<dyn VirtioDevice>) -> Result<VirtioPci, KvmPciError> {
+        let vectors = u16::try_from(device.queue_max_sizes().len() + 1).unwrap_or(u16::MAX);
+        let msi = KvmMsi::new(self.vm.clone(), vectors.min(64));
+        VirtioPci::new(device, self.vm.memory().clone(), Box::new(msi)).map_err(KvmPciError::Virtio)
+    }
+
+    fn worker(&self, transport: &Arc<Mutex<VirtioPci>>, name: &str) -> Result<Worker, KvmPciError> {
+        let ioevents = KvmIoEvents::new(self.vm.fd().clone());
+        Worker::spawn(transport.clone(), Some(Box::new(ioevents)), name)
+            .map_err(|e| KvmPciError::Worker(name.into(), e))
+    }
+
+    fn keep(&mut self, transport: Arc<Mutex<VirtioPci>>, slot: usize, worker: Worker) {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(worker);
+        self.devices.push(transport);
+        self.slots.push(slot);
+    }
+
+    /// The state of the bus and every function. Call once the vCPUs and
+    /// the workers ([`PciDevices::stop_workers`]) have stopped.
+    pub fn save(&self) -> PciState {
+        let bus = self.bus.lock().unwrap_or_else(|e| e.into_inner());
+        let functions = self
+            .devices
+            .iter()
+            .zip(&self.slots)
+            .map(|(d, &slot)| PciFunctionState {
+                // Slots are below 32.
+                slot: u8::try_from(slot).unwrap_or(u8::MAX),
+                state: d.lock().unwrap_or_else(|e| e.into_inner()).save(),
+            })
+            .collect();
+        PciState {
+            address: bus.address(),
+            host_bridge: bus.host_bridge_config(),
+            functions,
+        }
+    }
+
+    /// Rebuilds the bus of a snapshot on `vm`: each function in its slot,
+    /// block devices on `disks` in order, the NIC on a new port of
+    /// `network`; registers, MSI-X routes, ioeventfds and workers as the
+    /// running VM had them. Each enabled queue is looked at once and its
+    /// vector raised once (see [`VirtioPci::resume`]). Refuses, with the
+    /// reason, a state that does not fit (device counts, slots, values).
+    pub fn restore(
+        vm: Arc<Vm>,
+        saved: &PciState,
+        disks: Vec<Box<dyn Disk>>,
+        network: Option<&crate::net::Network>,
+    ) -> Result<Self, KvmPciError> {
+        let (blocks, nics) = saved.counts();
+        if blocks != disks.len() {
+            return Err(KvmPciError::BadState(format!(
+                "{blocks} block devices saved, {} disks given",
+                disks.len()
+            )));
+        }
+        if nics > 1 {
+            return Err(KvmPciError::BadState(format!("{nics} NICs saved")));
+        }
+        let mut pci = Self::new(vm)?;
+        {
+            let mut bus = pci.bus.lock().unwrap_or_else(|e| e.into_inner());
+            bus.restore_host_bridge(&saved.host_bridge)
+                .ok_or_else(|| KvmPciError::BadState("host bridge configuration space".into()))?;
+            bus.set_address(saved.address);
+        }
+        let mut disks = disks.into_iter();
+        for (i, f) in saved.functions.iter().enumerate() {
+            let (device, name): (Box<dyn VirtioDevice>, String) = match &f.state.device {
+                DeviceState::Block { serial } => {
+                    let disk = disks.next().ok_or_else(|| {
+                        KvmPciError::BadState("more block devices than disks".into())
+                    })?;
+                    (
+                        Box::new(Block::with_serial(disk, *serial)),
+                        format!("virtio-blk{i}"),
+                    )
+                }
+                DeviceState::Net { mac } => {
+                    let Some(net) = network else {
+                        return Err(KvmPciError::BadState(
+                            "the snapshot has a NIC and no network was given".into(),
+                        ));
+                    };
+                    if mac[0] & 1 != 0 || *mac == [0; 6] {
+                        return Err(KvmPciError::BadState(format!(
+                            "NIC MAC {mac:02x?} is not a unicast address"
+                        )));
+                    }
+                    let backend = net.nic_backend().map_err(KvmPciError::Net)?;
+                    (
+                        Box::new(Net::new(*mac, Box::new(backend))),
+                        "virtio-net".into(),
+                    )
+                }
+                DeviceState::Rng => (Box::new(Rng::new()), "virtio-rng".into()),
+            };
+            let mut transport = pci.transport(device)?;
+            transport.restore(&f.state).map_err(KvmPciError::Virtio)?;
+            let transport = Arc::new(Mutex::new(transport));
+            let worker = pci.worker(&transport, &name)?;
+            let slot = usize::from(f.slot);
+            pci.bus
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert_at(slot, transport.clone())
+                .map_err(KvmPciError::Pci)?;
+            pci.keep(transport, slot, worker);
+        }
+        for d in &pci.devices {
+            d.lock().unwrap_or_else(|e| e.into_inner()).resume();
+        }
+        Ok(pci)
     }
 
     /// The devices every booted guest gets: one virtio-blk per disk, in
@@ -213,6 +373,14 @@ impl PciDevices {
 
     /// Stops the workers (also done on drop).
     pub fn stop(&mut self) {
-        self.workers.clear();
+        self.stop_workers();
+    }
+
+    /// Stops and joins the workers: no request is in flight afterwards, and
+    /// nothing of the devices touches guest memory until the VM ends (for a
+    /// snapshot of a stopped VM).
+    pub fn stop_workers(&self) {
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(workers);
     }
 }

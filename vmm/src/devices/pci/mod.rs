@@ -21,7 +21,7 @@ pub(crate) mod msix;
 
 pub use bus::{BarAllocator, PciBus, PciError, PciHostBridge};
 pub use config::{BarKind, PciConfig, CAP_ID_MSIX, CAP_ID_VENDOR};
-pub use msix::{MsiInterrupt, MsiMessage, Msix, MSIX_ENTRY_SIZE};
+pub use msix::{MsiInterrupt, MsiMessage, Msix, MsixState, MSIX_ENTRY_SIZE};
 
 use std::sync::{Arc, Mutex};
 

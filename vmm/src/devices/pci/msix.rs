@@ -40,6 +40,16 @@ pub trait MsiInterrupt: Send {
     fn trigger(&self, vector: u16);
 }
 
+/// The saved part of [`Msix`]: the table and pending bits. The enable and
+/// function-mask bits live in configuration space and come back with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MsixState {
+    /// Per vector: address low, address high, data, vector control.
+    pub table: Vec<[u32; 4]>,
+    /// Per vector: raised while masked.
+    pub pending: Vec<bool>,
+}
+
 /// One function's MSI-X state.
 pub struct Msix {
     /// Per vector: address low, address high, data, vector control.
@@ -103,6 +113,30 @@ impl Msix {
         for v in 0..self.table.len() {
             self.sync(v);
         }
+    }
+
+    /// The table and pending bits.
+    pub fn state(&self) -> MsixState {
+        MsixState {
+            table: self.table.clone(),
+            pending: self.pending.clone(),
+        }
+    }
+
+    /// Takes back a saved table and pending bits, then applies `control`
+    /// (the message control register from the restored configuration
+    /// space): every vector that may fire gets its route again, and one
+    /// left pending while unmasked is delivered. `None` (nothing changed)
+    /// when the saved state has another number of vectors.
+    pub fn restore(&mut self, saved: &MsixState, control: u16) -> Option<()> {
+        if saved.table.len() != self.table.len() || saved.pending.len() != self.pending.len() {
+            return None;
+        }
+        self.table.clone_from(&saved.table);
+        self.pending.clone_from(&saved.pending);
+        self.routed.fill(None);
+        self.set_control(control);
+        Some(())
     }
 
     /// The guest reads the table at `offset`.
@@ -316,6 +350,35 @@ pub(crate) mod tests {
         assert_eq!(seen.routes.len(), 2);
         assert_eq!(seen.routes[1].1.data, 6);
         assert_eq!(seen.fired, vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn restore_routes_unmasked_vectors_again_and_keeps_masked_ones_pending() {
+        let fake = FakeMsi::default();
+        let mut m = Msix::new(3, Box::new(fake.clone()));
+        m.set_control(1 << 15);
+        program(&mut m, 0, 0xfee0_0000, 0x41);
+        m.write_table(12, &0u32.to_le_bytes());
+        program(&mut m, 1, 0xfee0_0000, 0x42);
+        m.notify(1);
+        let saved = m.state();
+        assert_eq!(saved.pending, vec![false, true, false]);
+
+        let fresh = FakeMsi::default();
+        let mut r = Msix::new(3, Box::new(fresh.clone()));
+        r.restore(&saved, 1 << 15).unwrap();
+        let seen = fresh.0.lock().unwrap();
+        assert_eq!(seen.routes.len(), 1);
+        assert_eq!(seen.routes[0].0, 0);
+        assert_eq!(seen.routes[0].1.data, 0x41);
+        assert!(seen.fired.is_empty());
+        drop(seen);
+        assert!(r.enabled());
+        r.write_table(16 + 12, &0u32.to_le_bytes());
+        assert_eq!(fresh.0.lock().unwrap().fired, vec![1]);
+
+        let mut other = Msix::new(2, Box::new(FakeMsi::default()));
+        assert!(other.restore(&saved, 0).is_none());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! Limitations:
 //! - Split virtqueues only (no packed rings), no legacy (0.9.5) interface,
 //!   no per-queue reset (`VIRTIO_F_RING_RESET`).
-//! - No snapshot of device state yet.
+//! - A snapshot keeps each device's identity ([`DeviceState`]) and the
+//!   transport's registers and ring indices (`pci::persist`); requests are
+//!   served synchronously, so none is in flight once a worker stops.
 
 pub mod blk;
 pub mod net;
@@ -19,7 +21,7 @@ pub mod queue;
 pub mod rng;
 pub mod worker;
 
-pub use pci::{IoEventRegistrar, VirtioPci};
+pub use pci::{IoEventRegistrar, QueueSaved, VirtioPci, VirtioPciState};
 pub use queue::{Buf, Chain, ChainError, Queues};
 
 use std::os::fd::RawFd;
@@ -41,8 +43,30 @@ pub const F_EVENT_IDX: u64 = 1 << 29;
 /// Feature: virtio 1.x (mandatory for the modern interface).
 pub const F_VERSION_1: u64 = 1 << 32;
 
+/// What a snapshot keeps of the device behind a transport. Its host side
+/// (the disk file, the network port) is attached again on revive.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DeviceState {
+    /// virtio-blk: the serial GET_ID answers. The disk is the snapshot's
+    /// next disk, in the order block devices appear.
+    Block {
+        /// Serial, NUL-padded.
+        serial: [u8; blk::ID_LEN],
+    },
+    /// virtio-net: the MAC address.
+    Net {
+        /// MAC address.
+        mac: [u8; 6],
+    },
+    /// virtio-rng (no state).
+    Rng,
+}
+
 /// What sits behind a virtio transport.
 pub trait VirtioDevice: Send {
+    /// What a snapshot keeps of the device (see [`DeviceState`]).
+    fn save(&self) -> DeviceState;
+
     /// The virtio device type ([`TYPE_NET`], ...).
     fn device_type(&self) -> u16;
 

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::queue::Cursor;
-use super::{ChainError, Queues, VirtioDevice, TYPE_NET};
+use super::{ChainError, DeviceState, Queues, VirtioDevice, TYPE_NET};
 
 /// Bytes of the virtio-net header (VERSION_1 layout).
 pub const HDR_LEN: usize = 12;
@@ -230,6 +230,10 @@ impl Net {
 }
 
 impl VirtioDevice for Net {
+    fn save(&self) -> DeviceState {
+        DeviceState::Net { mac: self.mac }
+    }
+
     fn device_type(&self) -> u16 {
         TYPE_NET
     }

@@ -45,6 +45,9 @@ use super::{F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1};
 use crate::devices::pci::{BarKind, MsiInterrupt, Msix, PciConfig, PciDevice};
 use crate::devices::pci::{CAP_ID_MSIX, CAP_ID_VENDOR};
 
+mod persist;
+pub use persist::{QueueSaved, VirtioPciState};
+
 const BAR_SIZE: u64 = 0x8000;
 const COMMON: u64 = 0x0000;
 const COMMON_LEN: u64 = 0x38;
@@ -83,8 +86,8 @@ pub trait IoEventRegistrar: Send {
     fn unregister(&mut self, addr: u64, event: &EventFd) -> io::Result<()>;
 }
 
-/// The transport's registers: what a snapshot of it would hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The transport's registers, as a snapshot holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransportState {
     /// Device status byte.
     pub status: u8,
@@ -144,6 +147,9 @@ pub enum VirtioPciError {
     /// An eventfd could not be made.
     #[error("Cannot create a queue eventfd")]
     EventFd(#[source] io::Error),
+    /// Saved transport state that this device cannot take.
+    #[error("Saved virtio state is invalid: {0}")]
+    BadState(String),
 }
 
 fn virtio_cap(kind: u8, offset: u64, len: u64, extra: &[u8]) -> Vec<u8> {
@@ -688,6 +694,9 @@ pub(crate) mod tests {
     }
 
     impl VirtioDevice for Echo {
+        fn save(&self) -> crate::devices::virtio::DeviceState {
+            crate::devices::virtio::DeviceState::Rng
+        }
         fn device_type(&self) -> u16 {
             4
         }

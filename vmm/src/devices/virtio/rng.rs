@@ -9,7 +9,7 @@
 //!   (getrandom does not block once the host pool is initialised).
 
 use super::queue::Cursor;
-use super::{ChainError, Queues, VirtioDevice, TYPE_RNG};
+use super::{ChainError, DeviceState, Queues, VirtioDevice, TYPE_RNG};
 
 /// Most bytes returned for one request.
 pub const MAX_REQUEST: u64 = 64 * 1024;
@@ -52,6 +52,10 @@ impl Rng {
 }
 
 impl VirtioDevice for Rng {
+    fn save(&self) -> DeviceState {
+        DeviceState::Rng
+    }
+
     fn device_type(&self) -> u16 {
         TYPE_RNG
     }

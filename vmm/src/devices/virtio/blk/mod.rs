@@ -24,7 +24,7 @@ pub use disk::{CowDisk, Disk, DiskError, DiskMode, DiskSpec, Overlay, RawDisk};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::queue::Cursor;
-use super::{Chain, ChainError, Queues, VirtioDevice, TYPE_BLOCK};
+use super::{Chain, ChainError, DeviceState, Queues, VirtioDevice, TYPE_BLOCK};
 
 const SECTOR: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -79,6 +79,16 @@ impl Block {
         Self {
             disk,
             serial: id,
+            buffer: Vec::new(),
+            counters: BlockCounters::default(),
+        }
+    }
+
+    /// A device for `disk` answering GET_ID with a saved `serial`.
+    pub fn with_serial(disk: Box<dyn Disk>, serial: [u8; ID_LEN]) -> Self {
+        Self {
+            disk,
+            serial,
             buffer: Vec::new(),
             counters: BlockCounters::default(),
         }
@@ -213,6 +223,12 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
+    fn save(&self) -> DeviceState {
+        DeviceState::Block {
+            serial: self.serial,
+        }
+    }
+
     fn device_type(&self) -> u16 {
         TYPE_BLOCK
     }
