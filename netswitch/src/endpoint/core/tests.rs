@@ -505,6 +505,20 @@ fn stale_segment_from_a_peer_never_arped_is_reset_at_once() {
 }
 
 #[test]
+fn stale_segment_to_a_port_nobody_listens_on_is_reset_at_once() {
+    // A revived guest's sshd answers on a connection the old endpoint had
+    // opened from an ephemeral port: the new endpoint never had it.
+    let mut core = core();
+    let stale = tcp_segment_from(22, 50123, TcpControl::None, 7000, Some(9000));
+    let out = exchange(&mut core, Instant::ZERO, stale);
+    assert_eq!(out.len(), 1, "expected only the reset");
+    let rst = parse_tcp(&out[0]);
+    assert_eq!(rst.control, TcpControl::Rst);
+    assert_eq!((rst.src_port, rst.dst_port), (50123, 22));
+    assert_eq!(rst.seq_number, TcpSeqNumber(9000), "RST must carry the peer's ACK");
+}
+
+#[test]
 fn every_endpoint_counter_is_reachable() {
     let mut link = Link::new(0, 11);
     // rx_frames, tx_frames, neighbours_primed: a connection.
