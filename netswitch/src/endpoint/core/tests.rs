@@ -515,7 +515,11 @@ fn stale_segment_to_a_port_nobody_listens_on_is_reset_at_once() {
     let rst = parse_tcp(&out[0]);
     assert_eq!(rst.control, TcpControl::Rst);
     assert_eq!((rst.src_port, rst.dst_port), (50123, 22));
-    assert_eq!(rst.seq_number, TcpSeqNumber(9000), "RST must carry the peer's ACK");
+    assert_eq!(
+        rst.seq_number,
+        TcpSeqNumber(9000),
+        "RST must carry the peer's ACK"
+    );
 }
 
 #[test]
