@@ -156,6 +156,75 @@ fn drain_loop(shared: &Shared, mut out: Box<dyn Write + Send>) {
     }
 }
 
+/// A console sink that keeps the last bytes written (to show when a guest
+/// fails) and copies everything to an optional file. Cheap to clone; the
+/// clones share the kept bytes.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    kept: Arc<Mutex<VecDeque<u8>>>,
+    limit: usize,
+    file: Option<Arc<Mutex<std::fs::File>>>,
+}
+
+impl Tail {
+    /// Keeps the last `limit` bytes, copying all to `file` if given.
+    pub fn new(limit: usize, file: Option<std::fs::File>) -> Self {
+        Self {
+            kept: Arc::new(Mutex::new(VecDeque::with_capacity(limit))),
+            limit,
+            file: file.map(|f| Arc::new(Mutex::new(f))),
+        }
+    }
+
+    /// The last lines kept, lossily decoded, at most `lines` of them.
+    pub fn last_lines(&self, lines: usize) -> String {
+        let kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes: Vec<u8> = kept.iter().copied().collect();
+        drop(kept);
+        let text = String::from_utf8_lossy(&bytes).replace('\r', "");
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Tail {
+    /// Prints the last `lines` lines on stderr under a heading, if any.
+    pub fn show(&self, lines: usize) {
+        let text = self.last_lines(lines);
+        if !text.trim().is_empty() {
+            eprintln!("vmm: the guest console's last lines:");
+            for line in text.lines() {
+                eprintln!("  | {line}");
+            }
+        }
+    }
+}
+
+impl Write for Tail {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            let skip = buf.len().saturating_sub(self.limit);
+            kept.extend(&buf[skip..]);
+            let excess = kept.len().saturating_sub(self.limit);
+            kept.drain(..excess);
+        }
+        if let Some(file) = &self.file {
+            file.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(buf)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &self.file {
+            Some(file) => file.lock().unwrap_or_else(|e| e.into_inner()).flush(),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +257,15 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn tail_keeps_only_the_last_bytes_and_lines() {
+        let mut t = Tail::new(16, None);
+        t.write_all(b"one\r\ntwo\nthree\nfour\n").unwrap();
+        assert_eq!(t.last_lines(2), "three\nfour");
+        t.write_all(&[b'x'; 40]).unwrap();
+        assert_eq!(t.last_lines(5), "x".repeat(16));
     }
 
     #[test]

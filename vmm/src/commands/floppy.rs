@@ -78,28 +78,14 @@ pub fn run(args: FloppyArgs) -> anyhow::Result<ExitCode> {
 fn build(args: &BuildArgs, env_epoch: Option<String>) -> anyhow::Result<ExitCode> {
     let format = Format::from_kib(args.size)
         .with_context(|| format!("Unsupported size {} KiB: use 1440 or 2880", args.size))?;
-    let mut builder = ImageBuilder::new(format);
-    builder.timestamp(epoch(args.epoch, env_epoch.as_deref())?);
-    if let Some(label) = &args.label {
-        builder.label(label)?;
-    }
-    for add in &args.add {
-        let (src, dest) = split_add(add);
-        builder
-            .add_path(&src, &dest)
-            .with_context(|| format!("--add {add}"))?;
-    }
-    if let Some(spec_path) = &args.unattend {
-        let text = read_capped(spec_path, MAX_SPEC_BYTES)?;
-        let text = String::from_utf8(text)
-            .with_context(|| format!("{} is not UTF-8 text", spec_path.display()))?;
-        let answers = floppy::unattend::parse_spec(&text)
-            .with_context(|| format!("In {}", spec_path.display()))?;
-        for (name, bytes) in floppy::unattend::render(&answers) {
-            builder.add_bytes(name, bytes)?;
-        }
-    }
-    let image = builder.build()?;
+    let image = build_image(
+        args.size,
+        args.label.as_deref(),
+        &args.add,
+        args.unattend.as_deref(),
+        args.epoch,
+        env_epoch.as_deref(),
+    )?;
     floppy::write_atomically(&args.out, &image)?;
     let listing = floppy::list(&image)?;
     let files = listing.entries.iter().filter(|e| !e.is_dir).count();
@@ -111,6 +97,43 @@ fn build(args: &BuildArgs, env_epoch: Option<String>) -> anyhow::Result<ExitCode
         listing.entries.len() - files
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Builds a floppy of `kib` KiB with `label`, the `SRC[=DEST]` entries of
+/// `add` and the answer files of the `unattend` spec, every entry stamped
+/// with `epoch`, else `env_epoch` (SOURCE_DATE_EPOCH), else 1980-01-01.
+pub fn build_image(
+    kib: u32,
+    label: Option<&str>,
+    add: &[String],
+    unattend: Option<&Path>,
+    epoch_flag: Option<u64>,
+    env_epoch: Option<&str>,
+) -> anyhow::Result<Vec<u8>> {
+    let format = Format::from_kib(kib)
+        .with_context(|| format!("Unsupported size {kib} KiB: use 1440 or 2880"))?;
+    let mut builder = ImageBuilder::new(format);
+    builder.timestamp(epoch(epoch_flag, env_epoch)?);
+    if let Some(label) = label {
+        builder.label(label)?;
+    }
+    for entry in add {
+        let (src, dest) = split_add(entry);
+        builder
+            .add_path(&src, &dest)
+            .with_context(|| format!("--add {entry}"))?;
+    }
+    if let Some(spec_path) = unattend {
+        let text = read_capped(spec_path, MAX_SPEC_BYTES)?;
+        let text = String::from_utf8(text)
+            .with_context(|| format!("{} is not UTF-8 text", spec_path.display()))?;
+        let answers = floppy::unattend::parse_spec(&text)
+            .with_context(|| format!("In {}", spec_path.display()))?;
+        for (name, bytes) in floppy::unattend::render(&answers) {
+            builder.add_bytes(name, bytes)?;
+        }
+    }
+    Ok(builder.build()?)
 }
 
 /// The timestamp: the flag, else `SOURCE_DATE_EPOCH`, else 1980-01-01.
