@@ -7,6 +7,7 @@
 //! Limitations: see each module's own list.
 
 pub mod acpi;
+pub mod base;
 pub mod boot;
 pub mod bus;
 pub mod console;
@@ -16,7 +17,9 @@ pub mod devices;
 pub mod guest;
 pub mod kvm;
 pub mod layout;
+pub mod machine;
 pub mod net;
 pub mod snapshot;
+pub mod spec;
 pub mod vcpu;
 pub mod vm;
