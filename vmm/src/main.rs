@@ -21,6 +21,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Install a guest once and freeze it into a base (see --spec).
+    Bootstrap(commands::bootstrap::BootstrapArgs),
+    /// Revive a base, run one command in it over SSH, exit with its status.
+    Run(commands::run::RunArgs),
     /// Boot a Linux guest and stream its console.
     Boot(commands::boot::BootArgs),
     /// Build the Linux test guest kit.
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result: anyhow::Result<ExitCode> = match cli.command {
+        Command::Bootstrap(args) => commands::bootstrap::run(args),
+        Command::Run(args) => commands::run::run(args),
         Command::Boot(args) => commands::boot::run(args),
         Command::Guest(args) => commands::guest::run(args),
         Command::Floppy(args) => commands::floppy::run(args),
