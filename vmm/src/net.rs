@@ -69,6 +69,9 @@ pub enum NetError {
 pub struct SwitchBackend {
     port: Port,
     wake: Arc<EventFd>,
+    /// The host endpoint on the same switch, whose connections a snapshot
+    /// records.
+    endpoint: Option<Arc<HostEndpoint>>,
 }
 
 impl SwitchBackend {
@@ -79,7 +82,11 @@ impl SwitchBackend {
         port.set_notifier(move || {
             let _ = signal.write(1);
         });
-        Ok(Self { port, wake })
+        Ok(Self {
+            port,
+            wake,
+            endpoint: None,
+        })
     }
 
     /// The port's counters.
@@ -118,6 +125,12 @@ impl NetBackend for SwitchBackend {
     fn ack_rx_event(&mut self) {
         // The notifier fires on empty -> non-empty; the device drains after this.
         let _ = self.wake.read();
+    }
+
+    fn host_connections(&self) -> Vec<netswitch::endpoint::TcpPeer> {
+        self.endpoint
+            .as_ref()
+            .map_or_else(Vec::new, |e| e.connections())
     }
 }
 
@@ -229,9 +242,21 @@ impl Network {
         })
     }
 
-    /// A new port on the switch as a virtio-net backend.
+    /// A new port on the switch as a virtio-net backend (whose host
+    /// connections are this endpoint's).
     pub fn nic_backend(&self) -> Result<SwitchBackend, NetError> {
-        SwitchBackend::new(self.switch.add_port())
+        let mut backend = SwitchBackend::new(self.switch.add_port())?;
+        backend.endpoint = Some(self.endpoint.clone());
+        Ok(backend)
+    }
+
+    /// After a revive: makes the guest at `guest_mac` drop the TCP
+    /// connections it had with the endpoint of the snapshot, at once
+    /// rather than at their next use (see netswitch's
+    /// `HostEndpoint::reset_stale`).
+    pub fn reset_stale(&self, connections: &[netswitch::endpoint::TcpPeer], guest_mac: [u8; 6]) {
+        let sent = self.endpoint.reset_stale(connections, guest_mac);
+        tracing::debug!(sent, "stale guest connections probed");
     }
 
     /// The switch.

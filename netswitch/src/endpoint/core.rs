@@ -26,9 +26,11 @@ use crate::switch::{MacAddr, ETHERNET_HEADER_LEN, MAX_MTU, MIN_MTU};
 
 mod device;
 mod screen;
+mod stale;
 
 use self::device::QueueDevice;
 use self::screen::{screen_syn, SynScreen};
+pub use self::stale::TcpPeer;
 
 /// Frames waiting to enter the interface at most.
 pub const RX_QUEUE_CAP: usize = 256;
@@ -590,6 +592,49 @@ impl EndpointCore {
                 tcp.abort();
             }
         }
+    }
+
+    /// The connections open or opening now: what a peer snapshotted at
+    /// this moment holds, for [`EndpointCore::reset_stale`] after it is
+    /// revived against another endpoint.
+    pub fn connections(&self) -> Vec<TcpPeer> {
+        self.sockets
+            .iter()
+            .filter_map(|(_, s)| tcp::Socket::downcast(s))
+            .filter(|s| {
+                !matches!(
+                    s.state(),
+                    tcp::State::Closed | tcp::State::Listen | tcp::State::TimeWait
+                )
+            })
+            .filter_map(|s| {
+                let local = s.local_endpoint()?;
+                let remote = s.remote_endpoint()?;
+                let smoltcp::wire::IpAddress::Ipv4(ip) = remote.addr;
+                Some(TcpPeer {
+                    local_port: local.port,
+                    remote: std::net::SocketAddrV4::new(ip, remote.port),
+                })
+            })
+            .collect()
+    }
+
+    /// Makes the peer at `peer_mac` drop `peer`, a connection of another
+    /// endpoint that it still holds (it was revived from a snapshot): sends
+    /// it a SYN on the 4-tuple, whose answer is reset (a challenge ACK, see
+    /// `core/stale.rs`). Returns `false` when the transmit queue is
+    /// full or this endpoint has the connection itself.
+    pub fn reset_stale(&mut self, peer: TcpPeer, peer_mac: MacAddr) -> bool {
+        if self.device.tx.len() >= TX_QUEUE_CAP || self.connections().contains(&peer) {
+            return false;
+        }
+        let seq = u32::from(peer.local_port) << 16 | u32::from(peer.remote.port());
+        let local = (self.config.address, self.config.mac());
+        self.device
+            .tx
+            .push_back(stale::syn_frame(local, peer, peer_mac, seq));
+        self.device.transmitted += 1;
+        true
     }
 
     /// Number of TCP sockets in use, listening ones included.

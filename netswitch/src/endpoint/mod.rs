@@ -23,7 +23,9 @@ use smoltcp::wire::IpAddress;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-pub use self::core::{EndpointConfig, EndpointCore, EndpointCounters, EndpointError, ListenerId};
+pub use self::core::{
+    EndpointConfig, EndpointCore, EndpointCounters, EndpointError, ListenerId, TcpPeer,
+};
 use crate::port::Port;
 use crate::switch::MacAddr;
 /// TCP connection states, as returned by [`TcpStream::state`].
@@ -165,6 +167,27 @@ impl HostEndpoint {
     /// The endpoint's counters.
     pub fn counters(&self) -> EndpointCounters {
         self.shared.lock().counters()
+    }
+
+    /// The connections open or opening now (see
+    /// [`EndpointCore::connections`]): what a guest snapshotted now holds.
+    pub fn connections(&self) -> Vec<TcpPeer> {
+        self.shared.lock().connections()
+    }
+
+    /// Makes the peer at `peer_mac` drop each of `peers`, connections of an
+    /// earlier endpoint it still holds after a revive (see
+    /// [`EndpointCore::reset_stale`]); returns how many were sent.
+    pub fn reset_stale(&self, peers: &[TcpPeer], peer_mac: MacAddr) -> usize {
+        let sent = {
+            let mut core = self.shared.lock();
+            peers
+                .iter()
+                .filter(|&&p| core.reset_stale(p, peer_mac))
+                .count()
+        };
+        self.shared.poke.notify_one();
+        sent
     }
 
     /// Listens on a TCP port of the endpoint's address.

@@ -523,6 +523,58 @@ fn stale_segment_to_a_port_nobody_listens_on_is_reset_at_once() {
 }
 
 #[test]
+fn a_stale_connection_is_probed_with_a_syn_and_its_challenge_ack_reset() {
+    let mut core = core();
+    let peer = TcpPeer {
+        local_port: 445,
+        remote: std::net::SocketAddrV4::new(GUEST_IP, 40000),
+    };
+    assert!(core.reset_stale(peer, GUEST_MAC));
+    let out: Vec<_> = std::iter::from_fn(|| core.transmit_frame()).collect();
+    assert_eq!(out.len(), 1);
+    assert_eq!(&out[0][0..6], &GUEST_MAC);
+    let syn = parse_tcp(&out[0]);
+    assert_eq!(syn.control, TcpControl::Syn);
+    assert_eq!(syn.ack_number, None);
+    assert_eq!((syn.src_port, syn.dst_port), (445, 40000));
+    // The guest's challenge ACK: its own sequence, acknowledging what it
+    // last received from the old endpoint.
+    let challenge = tcp_segment_from(40000, 445, TcpControl::None, 3000, Some(77_000));
+    let out = exchange(&mut core, Instant::from_millis(1), challenge);
+    assert_eq!(out.len(), 1);
+    let rst = parse_tcp(&out[0]);
+    assert_eq!(rst.control, TcpControl::Rst);
+    assert_eq!(rst.seq_number, TcpSeqNumber(77_000));
+    assert!(core.connections().is_empty());
+}
+
+#[test]
+fn connections_lists_open_ones_and_reset_stale_spares_them() {
+    let mut core = core();
+    core.listen(445).unwrap();
+    exchange(&mut core, Instant::ZERO, arp_request(HOST_IP));
+    let syn = tcp_segment(445, TcpControl::Syn, 1000, None);
+    let out = exchange(&mut core, Instant::from_millis(1), syn);
+    let synack = parse_tcp(&out[0]);
+    let ack = tcp_segment(
+        445,
+        TcpControl::None,
+        1001,
+        Some(synack.seq_number.0.wrapping_add(1)),
+    );
+    exchange(&mut core, Instant::from_millis(2), ack);
+    let peer = TcpPeer {
+        local_port: 445,
+        remote: std::net::SocketAddrV4::new(GUEST_IP, 40000),
+    };
+    assert_eq!(core.connections(), vec![peer]);
+    assert!(
+        !core.reset_stale(peer, GUEST_MAC),
+        "an open connection is not stale"
+    );
+}
+
+#[test]
 fn every_endpoint_counter_is_reachable() {
     let mut link = Link::new(0, 11);
     // rx_frames, tx_frames, neighbours_primed: a connection.

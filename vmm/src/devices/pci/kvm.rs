@@ -52,6 +52,9 @@ pub enum KvmPciError {
     Net(#[source] crate::net::NetError),
 }
 
+/// Most host connections a saved NIC may list.
+const MAX_SAVED_CONNECTIONS: usize = 4096;
+
 /// The PCI bus and its functions, as a snapshot holds them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PciState {
@@ -302,6 +305,7 @@ impl PciDevices {
             bus.set_address(saved.address);
         }
         let mut disks = disks.into_iter();
+        let mut stale = Vec::new();
         for (i, f) in saved.functions.iter().enumerate() {
             let (device, name): (Box<dyn VirtioDevice>, String) = match &f.state.device {
                 DeviceState::Block { serial } => {
@@ -313,7 +317,7 @@ impl PciDevices {
                         format!("virtio-blk{i}"),
                     )
                 }
-                DeviceState::Net { mac } => {
+                DeviceState::Net { mac, connections } => {
                     let Some(net) = network else {
                         return Err(KvmPciError::BadState(
                             "the snapshot has a NIC and no network was given".into(),
@@ -324,6 +328,13 @@ impl PciDevices {
                             "NIC MAC {mac:02x?} is not a unicast address"
                         )));
                     }
+                    if connections.len() > MAX_SAVED_CONNECTIONS {
+                        return Err(KvmPciError::BadState(format!(
+                            "{} host connections saved",
+                            connections.len()
+                        )));
+                    }
+                    stale.push((*mac, connections.clone()));
                     let backend = net.nic_backend().map_err(KvmPciError::Net)?;
                     (
                         Box::new(Net::new(*mac, Box::new(backend))),
@@ -346,6 +357,12 @@ impl PciDevices {
         }
         for d in &pci.devices {
             d.lock().unwrap_or_else(|e| e.into_inner()).resume();
+        }
+        if let Some(net) = network {
+            for (mac, connections) in stale {
+                let peers: Vec<_> = connections.into_iter().map(Into::into).collect();
+                net.reset_stale(&peers, mac);
+            }
         }
         Ok(pci)
     }

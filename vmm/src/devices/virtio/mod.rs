@@ -53,13 +53,46 @@ pub enum DeviceState {
         /// Serial, NUL-padded.
         serial: [u8; blk::ID_LEN],
     },
-    /// virtio-net: the MAC address.
+    /// virtio-net: the MAC address, and the TCP connections the host side
+    /// had with the guest (a revive makes the guest drop them at once).
     Net {
         /// MAC address.
         mac: [u8; 6],
+        /// Host-side connections when the snapshot was taken.
+        connections: Vec<HostConnection>,
     },
     /// virtio-rng (no state).
     Rng,
+}
+
+/// A TCP connection between the host endpoint and the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostConnection {
+    /// The endpoint's port.
+    pub local_port: u16,
+    /// The guest's address.
+    pub remote_ip: [u8; 4],
+    /// The guest's port.
+    pub remote_port: u16,
+}
+
+impl From<netswitch::endpoint::TcpPeer> for HostConnection {
+    fn from(p: netswitch::endpoint::TcpPeer) -> Self {
+        Self {
+            local_port: p.local_port,
+            remote_ip: p.remote.ip().octets(),
+            remote_port: p.remote.port(),
+        }
+    }
+}
+
+impl From<HostConnection> for netswitch::endpoint::TcpPeer {
+    fn from(c: HostConnection) -> Self {
+        Self {
+            local_port: c.local_port,
+            remote: std::net::SocketAddrV4::new(c.remote_ip.into(), c.remote_port),
+        }
+    }
 }
 
 /// What sits behind a virtio transport.

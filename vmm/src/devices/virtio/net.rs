@@ -56,6 +56,11 @@ pub trait NetBackend: Send + std::fmt::Debug {
     fn rx_event(&self) -> Option<RawFd>;
     /// Clears [`NetBackend::rx_event`] before the waiting frames are taken.
     fn ack_rx_event(&mut self);
+    /// TCP connections the host side has with the guest now (a snapshot
+    /// keeps them so a revive can have the guest drop them).
+    fn host_connections(&self) -> Vec<netswitch::endpoint::TcpPeer> {
+        Vec::new()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -231,7 +236,15 @@ impl Net {
 
 impl VirtioDevice for Net {
     fn save(&self) -> DeviceState {
-        DeviceState::Net { mac: self.mac }
+        DeviceState::Net {
+            mac: self.mac,
+            connections: self
+                .backend
+                .host_connections()
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+        }
     }
 
     fn device_type(&self) -> u16 {

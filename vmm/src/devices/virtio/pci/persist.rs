@@ -349,7 +349,10 @@ mod tests {
         queues.queues.pop();
         assert!(echo(&fake).restore(&queues).is_err());
         let mut rng = good;
-        rng.device = DeviceState::Net { mac: [2; 6] };
+        rng.device = DeviceState::Net {
+            mac: [2; 6],
+            connections: Vec::new(),
+        };
         assert!(echo(&fake).restore(&rng).is_err());
     }
 }
