@@ -210,6 +210,38 @@ mod tests {
         assert_eq!(le32(&reply[next..], 8), OBJECT_NAME_NOT_FOUND);
     }
 
+    /// An IOCTL body (FSCTL flag set, no input) for `code` on `fid`.
+    fn fsctl(code: u32, fid: &[u8; 16]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&57u16.to_le_bytes());
+        b.extend_from_slice(&0u16.to_le_bytes());
+        b.extend_from_slice(&code.to_le_bytes());
+        b.extend_from_slice(fid);
+        for v in [0u32, 0, 0, 0, 0, 65536, 1, 0] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    #[test]
+    fn handle_free_fsctls_with_the_all_ones_file_id_are_answered_not_file_closed() {
+        let shares = Shares::new();
+        let mut config = shares.config();
+        config.interface_addr = Some(std::net::Ipv4Addr::new(192, 168, 0, 2));
+        let mut c = Client::new(config);
+        c.tree_connect("xchg");
+        let none = [0xff; 16];
+        // FSCTL_QUERY_NETWORK_INTERFACE_INFO: one interface, the address.
+        let r = c.call(Command::Ioctl, &fsctl(0x0014_01FC, &none));
+        assert_eq!(r.status, SUCCESS);
+        // FSCTL_DFS_GET_REFERRALS on a disk share: FS_DRIVER_REQUIRED, which
+        // clients take as "no DFS" (FILE_CLOSED made Linux log an error).
+        let r = c.call(Command::Ioctl, &fsctl(0x0006_0194, &none));
+        assert_eq!(r.status, 0xC000_019C);
+        // A request that needs a handle still finds none.
+        assert_eq!(c.read(&none, 0, 10).0, FILE_CLOSED);
+    }
+
     #[test]
     fn handle_of_another_tree_is_file_closed() {
         let shares = Shares::new();

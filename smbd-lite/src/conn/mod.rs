@@ -321,9 +321,15 @@ impl Connection {
             return Err(Fail::Drop(ConnError::Protocol("request before NEGOTIATE")));
         }
         let mut req = Request::parse(hdr.command, msg)?;
+        // All-ones names the handle a related CREATE before this request
+        // opened. Without one it stays as it is: FSCTLs that need no handle
+        // (interface list, DFS referral, validate negotiate) carry it, and
+        // requests that do need one then find no such handle (FILE_CLOSED).
         if let Some(fid) = req.file_id_mut() {
             if *fid == FILE_ID_LAST {
-                *fid = ctx.file_id.ok_or(Fail::Status(NtStatus::FileClosed))?;
+                if let Some(id) = ctx.file_id {
+                    *fid = id;
+                }
             }
         }
         match req {
