@@ -65,6 +65,18 @@ pub enum DeviceState {
     Rng,
 }
 
+impl DeviceState {
+    /// Whether `self` (saved) describes the same device as `rebuilt`: the
+    /// same kind and identity. The host connections a saved NIC lists are
+    /// history, not identity: the rebuilt NIC's fresh endpoint has none.
+    pub fn same_device(&self, rebuilt: &DeviceState) -> bool {
+        match (self, rebuilt) {
+            (DeviceState::Net { mac: a, .. }, DeviceState::Net { mac: b, .. }) => a == b,
+            (a, b) => a == b,
+        }
+    }
+}
+
 /// A TCP connection between the host endpoint and the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostConnection {
@@ -145,4 +157,34 @@ pub trait VirtioDevice: Send {
 
     /// The driver reset the device: back to the state before activation.
     fn reset(&mut self) {}
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_nic_matches_its_rebuild_whatever_connections_it_lists() {
+        let conn = HostConnection {
+            local_port: 445,
+            remote_ip: [192, 168, 0, 1],
+            remote_port: 49634,
+        };
+        let saved = DeviceState::Net {
+            mac: [2, 0, 0, 0, 0, 1],
+            connections: vec![conn],
+        };
+        let rebuilt = DeviceState::Net {
+            mac: [2, 0, 0, 0, 0, 1],
+            connections: Vec::new(),
+        };
+        assert!(saved.same_device(&rebuilt));
+        let other_mac = DeviceState::Net {
+            mac: [2, 0, 0, 0, 0, 2],
+            connections: Vec::new(),
+        };
+        assert!(!saved.same_device(&other_mac));
+        assert!(!saved.same_device(&DeviceState::Rng));
+        assert!(DeviceState::Rng.same_device(&DeviceState::Rng));
+    }
 }

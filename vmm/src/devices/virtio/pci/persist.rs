@@ -111,7 +111,7 @@ impl VirtioPci {
     /// checked first, then applied; MSI-X vectors that may fire get their
     /// routes again, and an active device is activated with its features.
     pub fn restore(&mut self, saved: &VirtioPciState) -> Result<(), VirtioPciError> {
-        if saved.device != self.device.save() {
+        if !saved.device.same_device(&self.device.save()) {
             return Err(bad(format!(
                 "device {:?} does not match the device rebuilt for it",
                 saved.device
