@@ -5,7 +5,7 @@
 //! The kit is three files in one folder ([`default_dir`] unless told
 //! otherwise): `kernel` (bzImage), `initrd` (LZ4-compressed cpio newc) and
 //! `key` (OpenSSH private key for root). What the guest does at boot is the
-//! contract in `CONTRACT.md` next to this file; the constants below are its
+//! contract in the README (section "The test guest kit"); the constants below are its
 //! markers. Same package versions give the same initrd bytes.
 //!
 //! Limitations:
