@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -20,10 +20,9 @@ use clap::Args;
 
 use vmm::boot::{self, LinuxBoot};
 use vmm::console::{self, Console};
-use vmm::devices::legacy::{i8042::I8042, pm::Pm, serial::Serial, SystemControl};
 use vmm::layout::{self, MemoryLayout};
-use vmm::snapshot::LegacyDevices;
-use vmm::vcpu::{self, StopReason, StopSignal, Vcpu, VcpuConfig};
+use vmm::machine;
+use vmm::vcpu::{self, StopReason, StopSignal};
 use vmm::vm::Vm;
 use vmm::{acpi, kvm};
 
@@ -37,9 +36,6 @@ pub const EXIT_TRIPLE_FAULT: u8 = 4;
 pub const EXIT_INTERNAL: u8 = 5;
 /// Most vCPUs accepted.
 pub const MAX_CPUS: u8 = 64;
-/// Environment variable naming another `/sys/module` (for tests of the
-/// kvm_pvm check).
-pub const SYS_MODULE_DIR_ENV: &str = "VMM_SYS_MODULE_DIR";
 
 /// Arguments of `vmm boot`.
 #[derive(Debug, Args)]
@@ -99,9 +95,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     let layout = MemoryLayout::new(mem_size).with_context(|| format!("--mem {}", args.mem))?;
     check_host_memory(mem_size)?;
     args.snapshot.check(&args.disks)?;
-    let sys_modules = std::env::var_os(SYS_MODULE_DIR_ENV)
-        .map_or_else(|| PathBuf::from(kvm::SYS_MODULE_DIR), PathBuf::from);
-    let kvm = kvm::open(&args.kvm_device, &sys_modules)?;
+    let kvm = machine::open_kvm(&args.kvm_device)?;
     let max_vcpus = kvm.get_max_vcpus();
     if usize::from(args.cpus) > max_vcpus {
         bail!(
@@ -128,7 +122,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     };
     let console = Console::spawn(out, console::DEFAULT_CAPACITY).context("Cannot start console")?;
     let serial_out = args.snapshot.serial_out(console.writer(), &stop);
-    let legacy = add_legacy_devices(&vm, serial_out, stop.clone())?;
+    let legacy = machine::add_legacy_devices(&vm, serial_out, stop.clone())?;
     let rsdp = acpi::write_tables(vm.memory(), &layout, usize::from(args.cpus))?;
     let entry = boot::load_linux(
         vm.memory(),
@@ -140,7 +134,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
             rsdp,
         },
     )?;
-    let threads = start_vcpus(&kvm, &vm, args.cpus, entry, &stop)?;
+    let threads = machine::start_vcpus(&kvm, &vm, args.cpus, entry, &stop)?;
     let reason = stop.wait();
     let mut vcpus = vcpu::stop_all(threads);
     if reason == StopReason::Paused {
@@ -222,21 +216,9 @@ fn check_cmdline(cmdline: &str, kernel_max: u32) -> anyhow::Result<()> {
 
 /// Parses `512M`, `2G`, `1GiB`, `65536K` or plain bytes.
 pub fn parse_size(text: &str) -> anyhow::Result<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, suffix) = t.split_at(split);
-    let bad = || anyhow::anyhow!("--mem {text:?} is not a size: use e.g. 512M or 2G");
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| anyhow::anyhow!("--mem {text:?} is too large"))
+    vmm::spec::parse_size(text).ok_or_else(|| {
+        anyhow::anyhow!("--mem {text:?} is not a size (or too large): use e.g. 512M or 2G")
+    })
 }
 
 fn check_host_memory(mem_size: u64) -> anyhow::Result<()> {
@@ -257,71 +239,6 @@ fn check_host_memory(mem_size: u64) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Adds COM1 (writing to `serial_out`), the i8042 and the PM block, and
-/// returns them (a snapshot saves their registers).
-fn add_legacy_devices(
-    vm: &Vm,
-    serial_out: Box<dyn Write + Send>,
-    stop: Arc<StopSignal>,
-) -> anyhow::Result<LegacyDevices> {
-    let control: Arc<dyn SystemControl> = stop;
-    let serial = Serial::new(Box::new(vm.irq_line(layout::COM1_GSI)?), serial_out);
-    let serial = Arc::new(Mutex::new(serial));
-    vm.pio_bus()
-        .insert(serial.clone(), u64::from(layout::COM1_PORT), 8)?;
-    let i8042 = I8042::new(
-        Box::new(vm.irq_line(layout::I8042_KBD_GSI)?),
-        control.clone(),
-    );
-    let i8042 = Arc::new(Mutex::new(i8042));
-    vm.pio_bus()
-        .insert(i8042.clone(), u64::from(layout::I8042_PORT), 5)?;
-    let pm = Arc::new(Mutex::new(Pm::new(control)));
-    vm.pio_bus().insert(
-        pm.clone(),
-        u64::from(layout::PM1A_EVT_PORT),
-        u64::from(layout::PM_PORTS_LEN),
-    )?;
-    Ok(LegacyDevices { serial, i8042, pm })
-}
-
-fn start_vcpus(
-    kvm: &kvm_ioctls::Kvm,
-    vm: &Vm,
-    count: u8,
-    entry: u64,
-    stop: &Arc<StopSignal>,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<Vcpu>>> {
-    let supported = kvm
-        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .context("Cannot read KVM's supported CPUID")?;
-    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
-    let mut vcpus = Vec::new();
-    for index in 0..count {
-        let cfg = VcpuConfig {
-            supported_cpuid: &supported,
-            count,
-            tsc_deadline,
-            entry: (index == 0).then_some(entry),
-        };
-        let fd = vm.create_vcpu(u64::from(index))?;
-        vcpus.push(Vcpu::configure(index, fd, &cfg)?);
-    }
-    vcpu::install_kick_handler()?;
-    let mut threads = Vec::new();
-    for v in vcpus {
-        match v.start(vm.pio_bus().clone(), vm.mmio_bus().clone(), stop.clone()) {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                stop.stop(StopReason::InternalError(e.to_string()));
-                vcpu::stop_all(threads);
-                return Err(e.into());
-            }
-        }
-    }
-    Ok(threads)
 }
 
 fn print_stats(vm: &Vm, elapsed: Duration, dropped: u64) {

@@ -25,7 +25,7 @@ use vmm::kvm;
 use vmm::snapshot;
 use vmm::vcpu::{self, StopReason, StopSignal};
 
-use super::boot::{exit_code, SYS_MODULE_DIR_ENV};
+use super::boot::exit_code;
 
 /// Arguments of `vmm revive`.
 #[derive(Debug, Args)]
@@ -89,9 +89,7 @@ pub fn run(args: ReviveArgs) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
     let state = snapshot::load_state(&args.dir)
         .with_context(|| format!("Cannot revive {}", args.dir.display()))?;
-    let sys_modules = std::env::var_os(SYS_MODULE_DIR_ENV)
-        .map_or_else(|| PathBuf::from(kvm::SYS_MODULE_DIR), PathBuf::from);
-    let kvm = kvm::open(&args.kvm_device, &sys_modules)?;
+    let kvm = vmm::machine::open_kvm(&args.kvm_device)?;
     let stop = Arc::new(StopSignal::new());
     let out: Box<dyn Write + Send> = match &args.console {
         Some(path) => Box::new(
