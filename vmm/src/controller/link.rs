@@ -85,13 +85,19 @@ pub async fn login(
             progress(started.elapsed());
             match tokio::time::timeout(ATTEMPT, endpoint.connect(GUEST_ADDR, port)).await {
                 Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(EndpointError::Refused(..))) => tokio::time::sleep(RETRY_PAUSE).await,
+                Ok(Err(EndpointError::Refused(..))) => {
+                    tracing::debug!(elapsed = ?started.elapsed(), "guest port {port} refused");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
                 Ok(Err(e)) => return Err(LinkError::Endpoint(e)),
-                Err(_no_answer) => {}
+                Err(_no_answer) => {
+                    tracing::debug!(elapsed = ?started.elapsed(), "guest port {port}: no answer");
+                }
             }
         }
     };
     let stream = watch(connect, timeout, stopped).await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "guest port {port} open; logging in");
     progress(started.elapsed());
     let session = watch(
         async { Ok(Session::connect(stream, user, key).await?) },
@@ -99,6 +105,7 @@ pub async fn login(
         stopped,
     )
     .await?;
+    tracing::debug!(elapsed = ?started.elapsed(), "logged in as {user}");
     Ok(session)
 }
 
