@@ -35,8 +35,11 @@
 //! has the same address and MAC as before; MSI-X routes, irqfds and
 //! ioeventfds are set up again and the device workers started, each
 //! enabled queue looked at once and its vector raised once. The guest's
-//! old TCP connections are unknown to the fresh endpoint, which resets
-//! them at their next segment, and its clients reconnect.
+//! old TCP connections to the endpoint (listed in the NIC's saved state)
+//! are reset at once: the fresh endpoint sends a SYN on each, and answers
+//! the guest's challenge ACK with a RST, so its clients (cifs, ssh)
+//! reconnect before they next use them; a connection missed that way is
+//! reset at its next segment.
 //!
 //! Clock policy: the guest's clock continues from the moment of the
 //! snapshot, as QEMU's `clock=vm` did. kvmclock is set back to its saved
