@@ -139,7 +139,10 @@ fn kvm_run_needs_no_host_network() {
         .args(["-n", "true"])
         .status()
         .expect("run unshare");
-    assert!(probe.success(), "unshare -n does not work here (needs root)");
+    assert!(
+        probe.success(),
+        "unshare -n does not work here (needs root)"
+    );
     let xchg = scratch().join("xchg-unshare");
     let out = run(&["unshare", "-n"], &xchg, &[], &["sh", "-c", UPPERCASE]);
     assert_uppercased(&out, &xchg);
@@ -261,5 +264,8 @@ fn kvm_bootstrap_of_a_guest_that_powers_off_says_so_and_leaves_no_base() {
         stderr.contains("the guest powered off before bootstrap finished"),
         "{stderr}"
     );
-    assert!(stderr.contains("vmm-guest: exit 0"), "console tail: {stderr}");
+    assert!(
+        stderr.contains("vmm-guest: exit 0"),
+        "console tail: {stderr}"
+    );
 }

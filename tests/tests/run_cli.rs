@@ -62,7 +62,12 @@ fn refuses(home: &Path, args: &[&str], status: i32, wanted: &[&str]) {
 #[test]
 fn run_without_a_base_names_bootstrap() {
     let s = Scratch::new("nobase");
-    refuses(&s.0, &["run", "--", "true"], 1, &["No base in", "vmm bootstrap"]);
+    refuses(
+        &s.0,
+        &["run", "--", "true"],
+        1,
+        &["No base in", "vmm bootstrap"],
+    );
     let missing = s.path("missing");
     refuses(
         &s.0,
@@ -125,7 +130,13 @@ fn bootstrap_refuses_bad_specs_and_an_existing_base_and_writes_nothing() {
         std::fs::write(&spec_path, spec).unwrap();
         refuses(
             &s.0,
-            &["bootstrap", "--spec", spec_path.to_str().unwrap(), "--out", o],
+            &[
+                "bootstrap",
+                "--spec",
+                spec_path.to_str().unwrap(),
+                "--out",
+                o,
+            ],
             1,
             &[wanted],
         );
