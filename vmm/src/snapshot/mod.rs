@@ -515,6 +515,7 @@ pub fn revive(
     control: Arc<dyn crate::devices::legacy::SystemControl>,
     network: Option<&crate::net::Network>,
 ) -> Result<Revived, SnapshotError> {
+    let started = Instant::now();
     cpu::check_host(kvm, &state.header.cpu_vendor, &state.vcpus)?;
     check_devices(&state.machine, state.pci.as_ref())?;
     if state.machine.nic && network.is_none() {
@@ -527,6 +528,7 @@ pub fn revive(
             CowDisk::open(&disk.path, &Overlay::Temporary, 0).map_err(SnapshotError::Disk)?;
         disks.push(Box::new(overlay));
     }
+    tracing::debug!(elapsed = ?started.elapsed(), "revive: host checked, disks attached");
     let layout = MemoryLayout::new(state.machine.mem_size)
         .map_err(|e| SnapshotError::Inconsistent(e.to_string()))?;
     let memory = memory::map_private(&dir.join(MEMORY_FILE), &layout, state.header.memory.len)?;
@@ -539,12 +541,14 @@ pub fn revive(
         cpu::restore_vcpu(&fd, saved)?;
         vcpus.push(Vcpu::from_fd(saved.index, fd));
     }
+    tracing::debug!(elapsed = ?started.elapsed(), "revive: memory, irqchip, vCPUs restored");
     // After the vCPUs: re-raised MSI-X vectors must land in restored LAPICs.
     let pci = match &state.pci {
         Some(saved) => PciDevices::restore(vm.clone(), saved, disks, network),
         None => PciDevices::new(vm.clone()),
     }
     .map_err(SnapshotError::Pci)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "revive: PCI devices restored");
     Ok(Revived {
         vm,
         vcpus,
