@@ -166,17 +166,7 @@ impl Machine {
         let mut vcpus = revived.vcpus;
         snapshot::mark_clock_paused(&mut vcpus);
         let vm = revived.vm;
-        let mut threads = Vec::new();
-        for v in vcpus {
-            match v.start(vm.pio_bus().clone(), vm.mmio_bus().clone(), stop.clone()) {
-                Ok(t) => threads.push(t),
-                Err(e) => {
-                    stop.stop(StopReason::InternalError(e.to_string()));
-                    vcpu::stop_all(threads);
-                    return Err(e.into());
-                }
-            }
-        }
+        let threads = start_threads(vcpus, &vm, &stop)?;
         Ok(Self {
             kvm,
             vm,
@@ -337,6 +327,16 @@ pub fn start_vcpus(
         vcpus.push(Vcpu::configure(index, fd, &cfg)?);
     }
     vcpu::install_kick_handler()?;
+    start_threads(vcpus, vm, stop)
+}
+
+/// Starts a thread for each configured or restored vCPU; if one fails,
+/// stops those already running.
+pub fn start_threads(
+    vcpus: Vec<Vcpu>,
+    vm: &Vm,
+    stop: &Arc<StopSignal>,
+) -> anyhow::Result<Vec<JoinHandle<Vcpu>>> {
     let mut threads = Vec::new();
     for v in vcpus {
         match v.start(vm.pio_bus().clone(), vm.mmio_bus().clone(), stop.clone()) {

@@ -23,7 +23,7 @@ use vmm::console::{self, Console};
 use vmm::devices::legacy::SystemControl;
 use vmm::kvm;
 use vmm::snapshot;
-use vmm::vcpu::{self, StopReason, StopSignal};
+use vmm::vcpu::{self, StopSignal};
 
 use super::boot::exit_code;
 
@@ -113,17 +113,7 @@ pub fn run(args: ReviveArgs) -> anyhow::Result<ExitCode> {
     vcpu::install_kick_handler()?;
     snapshot::mark_clock_paused(&mut revived.vcpus);
     let vm = revived.vm.clone();
-    let mut threads = Vec::new();
-    for v in revived.vcpus {
-        match v.start(vm.pio_bus().clone(), vm.mmio_bus().clone(), stop.clone()) {
-            Ok(t) => threads.push(t),
-            Err(e) => {
-                stop.stop(StopReason::InternalError(e.to_string()));
-                vcpu::stop_all(threads);
-                return Err(e.into());
-            }
-        }
-    }
+    let threads = vmm::machine::start_threads(revived.vcpus, &vm, &stop)?;
     let running = t0.elapsed();
     if args.stats {
         let since_exec = process_age().map_or(String::new(), |a| {
